@@ -1,0 +1,186 @@
+//! `GET /metrics` and the query service's own metrics.
+//!
+//! The answer is the OpenMetrics text exposition (which Prometheus scrapes) of, in order: the
+//! process-wide registry shared by the other services, then the registry this crate owns, which
+//! holds per-endpoint request counters and latency histograms and a collector that reads the
+//! store's figures ([`TraceReader::stats`]) at every scrape.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use sextant_store::TraceReader;
+
+use crate::error::QueryError;
+use crate::QueryState;
+
+/// The content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    code: String,
+}
+
+/// Labels of the latency histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+type HistogramFamily = Family<EndpointLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The query service's own registry and the metrics in it.
+pub(crate) struct QueryMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily,
+}
+
+impl fmt::Debug for QueryMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryMetrics").finish_non_exhaustive()
+    }
+}
+
+impl QueryMetrics {
+    /// A registry with the request metrics and the store collector for `reader`.
+    pub(crate) fn new(reader: Arc<dyn TraceReader>) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "sextant_query_requests",
+            "HTTP requests to the query API, by endpoint and status code",
+            requests.clone(),
+        );
+        let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "sextant_query_request_duration",
+            "Time to answer HTTP requests to the query API, by endpoint",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        registry.register_collector(Box::new(StoreCollector { reader }));
+        Self {
+            registry,
+            requests,
+            durations,
+        }
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn record(&self, endpoint: &'static str, code: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                code: code.to_string(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(seconds);
+    }
+}
+
+/// Reads the store's figures at every scrape.
+struct StoreCollector {
+    reader: Arc<dyn TraceReader>,
+}
+
+impl fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats = self.reader.stats();
+        let counters = [
+            (
+                "sextant_store_spans_written",
+                "Spans durably written to the store",
+                stats.spans_written,
+            ),
+            (
+                "sextant_store_writes",
+                "Write batches durably written to the store",
+                stats.writes,
+            ),
+            (
+                "sextant_store_flushes",
+                "Flushes (fsyncs) of the store, each covering one or more writes",
+                stats.flushes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let gauge = ConstGauge::new(stats.bytes_on_disk);
+        let metric = encoder.encode_descriptor(
+            "sextant_store_bytes_on_disk",
+            "Size of the store's files on disk, in bytes",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+        Ok(())
+    }
+}
+
+/// Which endpoint a route is, for the request metrics.
+#[derive(Clone)]
+pub(crate) struct Tracked {
+    pub(crate) metrics: Arc<QueryMetrics>,
+    pub(crate) endpoint: &'static str,
+}
+
+/// Middleware: counts the request and observes its latency under the route's endpoint name.
+pub(crate) async fn track(State(tracked): State<Tracked>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    tracked.metrics.record(
+        tracked.endpoint,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<QueryState>) -> Result<Response, QueryError> {
+    let shared = Arc::clone(&state.registry);
+    let own = Arc::clone(&state.metrics);
+    // The store collector may touch the disk (size on disk): keep it off the async threads.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        encode_registry(&mut text, &shared)?;
+        encode_registry(&mut text, &own.registry)?;
+        encode_eof(&mut text)?;
+        Ok::<_, fmt::Error>(text)
+    })
+    .await?
+    .map_err(|e| QueryError::Internal(format!("encoding metrics failed: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response())
+}

@@ -1,0 +1,21 @@
+/// Everything that can go wrong inside the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored entry {key} is corrupt: {problem}")]
+    Corrupt { key: String, problem: String },
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+}
+
+impl StoreError {
+    /// Whether the caller may retry the same operation later (the client must then be told so).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, StoreError::InvalidQuery(_))
+    }
+}

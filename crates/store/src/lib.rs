@@ -1,0 +1,54 @@
+//! Sextant's span storage engine.
+//!
+//! The store is reached through two interfaces, so that later engines (immutable blocks,
+//! object storage) can stand behind them without touching the collector or the query service:
+//! * [`SpanWriter`]: durable batch writes; a write resolves only once its spans survive a crash.
+//! * [`TraceReader`]: trace by id, search, tag names and tag values.
+//!
+//! [`SledStore`] is the embedded default: a sled database with group commit (one fsync covers
+//! every write that arrived meanwhile), per-trace entries keyed by trace id, a start-time index
+//! and tag dictionaries. See `ARCHITECTURE.md` for the layout on disk.
+
+mod encode;
+mod error;
+mod query;
+mod sled_store;
+mod types;
+
+pub use error::StoreError;
+pub use query::{Condition, Matcher};
+pub use sled_store::{dir_size, SledStore, StoreConfig, MAX_VALUES_PER_TAG};
+pub use types::*;
+
+use sextant_otlp_proto::proto::ResourceSpans;
+use sextant_otlp_proto::TraceId;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, for object-safe async traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The write side of a store.
+pub trait SpanWriter: Send + Sync {
+    /// Writes a batch. Resolves once every accepted span is durable; spans that cannot be
+    /// stored (an invalid trace id) are counted in the receipt, never silently dropped.
+    fn write(&self, batch: Vec<ResourceSpans>) -> BoxFuture<'_, Result<WriteReceipt, StoreError>>;
+}
+
+/// The read side of a store. Calls block: async callers run them on a blocking thread.
+pub trait TraceReader: Send + Sync {
+    /// Every span of a trace, grouped by resource and scope, or `None` when no span is stored.
+    fn trace(&self, id: TraceId, window: TimeWindow) -> Result<Option<Vec<ResourceSpans>>, StoreError>;
+
+    /// Traces with at least one span matching every condition, newest first.
+    fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError>;
+
+    /// Attribute names seen, by scope.
+    fn tag_names(&self, scope: Option<TagScope>) -> Result<Vec<(TagScope, String)>, StoreError>;
+
+    /// Values seen for an attribute (in one scope, or in any when `scope` is `None`).
+    fn tag_values(&self, scope: Option<TagScope>, key: &str) -> Result<Vec<TagValue>, StoreError>;
+
+    /// Figures for `/metrics` and benchmarks.
+    fn stats(&self) -> StoreStats;
+}
