@@ -1,1 +1,68 @@
-fn main() {}
+//! `sextant`: the one binary. Thin subcommands compose the crates: `all-in-one` runs collector,
+//! store and query in one process; `trace` and `search` are clients of the query API;
+//! `gen` and `null-server` are the benchmark's load generator and transport floor.
+
+mod all_in_one;
+mod client;
+mod config;
+mod gen;
+mod null_server;
+mod store_exporter;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "sextant", version, about = "Sextant: OTLP in, traces out. A tracing backend in one binary.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run collector, store and query in one process (the development default).
+    AllInOne(all_in_one::AllInOneArgs),
+    /// Print one trace as a tree.
+    Trace(client::TraceArgs),
+    /// Search traces and print a table.
+    Search(client::SearchArgs),
+    /// Send generated OTLP load to a gRPC endpoint and report throughput and latency.
+    Gen(gen::GenArgs),
+    /// An OTLP/gRPC server that decodes and drops: the transport's floor for benchmarks.
+    #[command(hide = true)]
+    NullServer(null_server::NullServerArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(logs)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::AllInOne(args) => all_in_one::run(args).await,
+            Command::Trace(args) => client::trace(args).await,
+            Command::Search(args) => client::search(args).await,
+            Command::Gen(args) => gen::run(args).await,
+            Command::NullServer(args) => null_server::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,70 @@
+//! Sextant's collector: OTLP receivers, processors and exporters, assembled into a pipeline.
+//!
+//! Data flows `receiver -> memory_limiter (admission) -> batch -> exporter`. Every stage is a
+//! [`Consumer`]: `consume` resolves only when the batch has been handed on *and* the stage after
+//! it has finished with it, so a receiver acknowledges a request only once its spans are
+//! exported (for the in-process store: durable). Nothing acknowledged is lost; anything refused
+//! gets a retryable error.
+//!
+//! This crate does not know the store: the binary plugs the store in as the final [`Consumer`].
 
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod pipeline;
+pub mod processor;
+pub mod receiver;
+
+pub use config::CollectorConfig;
+pub use error::PipelineError;
+pub use metrics::CollectorMetrics;
+pub use pipeline::Pipeline;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use sextant_otlp_proto::proto::ResourceSpans;
+
+/// A boxed future, for object-safe async traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A batch of spans moving through the pipeline (decoded once, moved, never cloned).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TraceBatch {
+    pub resource_spans: Vec<ResourceSpans>,
+    pub span_count: usize,
+}
+
+impl TraceBatch {
+    pub fn new(resource_spans: Vec<ResourceSpans>) -> Self {
+        let span_count = sextant_otlp_proto::span_count(&resource_spans);
+        Self {
+            resource_spans,
+            span_count,
+        }
+    }
+}
+
+/// What the end of the pipeline made of a batch: how many spans it refused for good, and why
+/// (reported to the client as an OTLP partial success, which clients must not retry).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    pub rejected_spans: u64,
+    pub message: String,
+}
+
+impl ExportOutcome {
+    /// Combines the outcomes of several batches.
+    pub fn merge(&mut self, other: &ExportOutcome) {
+        self.rejected_spans += other.rejected_spans;
+        if self.message.is_empty() {
+            self.message = other.message.clone();
+        }
+    }
+}
+
+/// A stage of the pipeline that takes batches.
+pub trait Consumer: Send + Sync + 'static {
+    /// Resolves once the batch is fully handled downstream.
+    fn consume(&self, batch: TraceBatch) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>>;
+}

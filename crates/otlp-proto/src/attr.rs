@@ -4,7 +4,10 @@ use crate::proto::{any_value::Value, AnyValue, KeyValue, Resource};
 
 /// The value of `key` among `attrs`, if present.
 pub fn get<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref())
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
 }
 
 /// The string value of `key`, if present and a string.
@@ -103,10 +106,7 @@ mod tests {
     fn render_values() {
         let arr = AnyValue {
             value: Some(Value::ArrayValue(ArrayValue {
-                values: vec![
-                    kv_str("", "a").value.unwrap(),
-                    kv_int("", 3).value.unwrap(),
-                ],
+                values: vec![kv_str("", "a").value.unwrap(), kv_int("", 3).value.unwrap()],
             })),
         };
         assert_eq!(render(&arr), r#"["a",3]"#);

@@ -66,7 +66,13 @@ pub fn decode_request(bytes: &[u8]) -> Result<ExportTraceServiceRequest> {
     let root = Path::Root;
     let obj = as_object(&doc, &root)?;
     Ok(ExportTraceServiceRequest {
-        resource_spans: repeated(obj, &root, "resourceSpans", "resource_spans", resource_spans)?,
+        resource_spans: repeated(
+            obj,
+            &root,
+            "resourceSpans",
+            "resource_spans",
+            resource_spans,
+        )?,
     })
 }
 
@@ -141,7 +147,12 @@ fn repeated<T>(
         .collect()
 }
 
-fn string(obj: &Map<String, J>, path: &Path<'_>, camel: &'static str, snake: &str) -> Result<String> {
+fn string(
+    obj: &Map<String, J>,
+    path: &Path<'_>,
+    camel: &'static str,
+    snake: &str,
+) -> Result<String> {
     match field(obj, camel, snake) {
         None => Ok(String::new()),
         Some(J::String(s)) => Ok(s.clone()),
@@ -165,14 +176,16 @@ fn integer(v: &J, path: &Path<'_>) -> Result<i128> {
                 if f.fract() == 0.0 && f.is_finite() {
                     Ok(f as i128)
                 } else {
-                    Err(JsonError::at(path, format!("expected an integer, found {n}")))
+                    Err(JsonError::at(
+                        path,
+                        format!("expected an integer, found {n}"),
+                    ))
                 }
             }
         }
-        J::String(s) => s
-            .trim()
-            .parse::<i128>()
-            .map_err(|_| JsonError::at(path, format!("expected an integer, found the string {s:?}"))),
+        J::String(s) => s.trim().parse::<i128>().map_err(|_| {
+            JsonError::at(path, format!("expected an integer, found the string {s:?}"))
+        }),
         other => Err(JsonError::at(
             path,
             format!("expected an integer, found {}", kind(other)),
@@ -180,7 +193,7 @@ fn integer(v: &J, path: &Path<'_>) -> Result<i128> {
     }
 }
 
-fn ranged<T: TryFrom<i128>>(
+fn ranged<T>(
     obj: &Map<String, J>,
     path: &Path<'_>,
     camel: &'static str,
@@ -188,14 +201,15 @@ fn ranged<T: TryFrom<i128>>(
     type_name: &str,
 ) -> Result<T>
 where
-    T: Default,
+    T: TryFrom<i128> + Default,
 {
     match field(obj, camel, snake) {
         None => Ok(T::default()),
         Some(v) => {
             let here = Path::Field(path, camel);
             let i = integer(v, &here)?;
-            T::try_from(i).map_err(|_| JsonError::at(&here, format!("{i} is out of range for {type_name}")))
+            T::try_from(i)
+                .map_err(|_| JsonError::at(&here, format!("{i} is out of range for {type_name}")))
         }
     }
 }
@@ -223,12 +237,16 @@ fn enumeration(
     match field(obj, camel, snake) {
         None => Ok(0),
         Some(J::String(s)) if s.parse::<i64>().is_err() => from_name(s).ok_or_else(|| {
-            JsonError::at(&Path::Field(path, camel), format!("unknown enum value {s:?}"))
+            JsonError::at(
+                &Path::Field(path, camel),
+                format!("unknown enum value {s:?}"),
+            )
         }),
         Some(v) => {
             let here = Path::Field(path, camel);
             let i = integer(v, &here)?;
-            i32::try_from(i).map_err(|_| JsonError::at(&here, format!("{i} is out of range for an enum")))
+            i32::try_from(i)
+                .map_err(|_| JsonError::at(&here, format!("{i} is out of range for an enum")))
         }
     }
 }
@@ -290,7 +308,12 @@ fn resource(v: &J, path: &Path<'_>) -> Result<Resource> {
     let o = as_object(v, path)?;
     Ok(Resource {
         attributes: repeated(o, path, "attributes", "attributes", key_value)?,
-        dropped_attributes_count: uint32(o, path, "droppedAttributesCount", "dropped_attributes_count")?,
+        dropped_attributes_count: uint32(
+            o,
+            path,
+            "droppedAttributesCount",
+            "dropped_attributes_count",
+        )?,
         entity_refs: Vec::new(),
     })
 }
@@ -310,7 +333,12 @@ fn scope(v: &J, path: &Path<'_>) -> Result<InstrumentationScope> {
         name: string(o, path, "name", "name")?,
         version: string(o, path, "version", "version")?,
         attributes: repeated(o, path, "attributes", "attributes", key_value)?,
-        dropped_attributes_count: uint32(o, path, "droppedAttributesCount", "dropped_attributes_count")?,
+        dropped_attributes_count: uint32(
+            o,
+            path,
+            "droppedAttributesCount",
+            "dropped_attributes_count",
+        )?,
     })
 }
 
@@ -335,7 +363,12 @@ fn span(v: &J, path: &Path<'_>) -> Result<Span> {
         start_time_unix_nano: uint64(o, path, "startTimeUnixNano", "start_time_unix_nano")?,
         end_time_unix_nano: uint64(o, path, "endTimeUnixNano", "end_time_unix_nano")?,
         attributes: repeated(o, path, "attributes", "attributes", key_value)?,
-        dropped_attributes_count: uint32(o, path, "droppedAttributesCount", "dropped_attributes_count")?,
+        dropped_attributes_count: uint32(
+            o,
+            path,
+            "droppedAttributesCount",
+            "dropped_attributes_count",
+        )?,
         events: repeated(o, path, "events", "events", event)?,
         dropped_events_count: uint32(o, path, "droppedEventsCount", "dropped_events_count")?,
         links: repeated(o, path, "links", "links", link)?,
@@ -350,7 +383,12 @@ fn event(v: &J, path: &Path<'_>) -> Result<span::Event> {
         time_unix_nano: uint64(o, path, "timeUnixNano", "time_unix_nano")?,
         name: string(o, path, "name", "name")?,
         attributes: repeated(o, path, "attributes", "attributes", key_value)?,
-        dropped_attributes_count: uint32(o, path, "droppedAttributesCount", "dropped_attributes_count")?,
+        dropped_attributes_count: uint32(
+            o,
+            path,
+            "droppedAttributesCount",
+            "dropped_attributes_count",
+        )?,
     })
 }
 
@@ -361,7 +399,12 @@ fn link(v: &J, path: &Path<'_>) -> Result<span::Link> {
         span_id: id_bytes(o, path, "spanId", "span_id", 8)?,
         trace_state: string(o, path, "traceState", "trace_state")?,
         attributes: repeated(o, path, "attributes", "attributes", key_value)?,
-        dropped_attributes_count: uint32(o, path, "droppedAttributesCount", "dropped_attributes_count")?,
+        dropped_attributes_count: uint32(
+            o,
+            path,
+            "droppedAttributesCount",
+            "dropped_attributes_count",
+        )?,
         flags: uint32(o, path, "flags", "flags")?,
     })
 }
@@ -390,7 +433,10 @@ fn any_value(v: &J, path: &Path<'_>) -> Result<AnyValue> {
         match s {
             J::String(s) => Some(Value::StringValue(s.clone())),
             other => {
-                return Err(JsonError::at(&here, format!("expected a string, found {}", kind(other))))
+                return Err(JsonError::at(
+                    &here,
+                    format!("expected a string, found {}", kind(other)),
+                ))
             }
         }
     } else if let Some(b) = field(o, "boolValue", "bool_value") {
@@ -414,11 +460,17 @@ fn any_value(v: &J, path: &Path<'_>) -> Result<AnyValue> {
                 "Infinity" => f64::INFINITY,
                 "-Infinity" => f64::NEG_INFINITY,
                 other => other.parse::<f64>().map_err(|_| {
-                    JsonError::at(&here, format!("expected a number, found the string {other:?}"))
+                    JsonError::at(
+                        &here,
+                        format!("expected a number, found the string {other:?}"),
+                    )
                 })?,
             },
             other => {
-                return Err(JsonError::at(&here, format!("expected a number, found {}", kind(other))))
+                return Err(JsonError::at(
+                    &here,
+                    format!("expected a number, found {}", kind(other)),
+                ))
             }
         };
         Some(Value::DoubleValue(f))
@@ -437,11 +489,16 @@ fn any_value(v: &J, path: &Path<'_>) -> Result<AnyValue> {
     } else if let Some(b) = field(o, "bytesValue", "bytes_value") {
         let here = Path::Field(path, "bytesValue");
         match b {
-            J::String(s) => Some(Value::BytesValue(decode_base64(s).ok_or_else(|| {
-                JsonError::at(&here, format!("{s:?} is not base64"))
-            })?)),
+            J::String(s) => {
+                Some(Value::BytesValue(decode_base64(s).ok_or_else(|| {
+                    JsonError::at(&here, format!("{s:?} is not base64"))
+                })?))
+            }
             other => {
-                return Err(JsonError::at(&here, format!("expected a base64 string, found {}", kind(other))))
+                return Err(JsonError::at(
+                    &here,
+                    format!("expected a base64 string, found {}", kind(other)),
+                ))
             }
         }
     } else {
@@ -474,7 +531,9 @@ pub fn encode_resource_spans(resource_spans: &[ResourceSpans]) -> J {
 
 /// Encodes a request to OTLP/JSON bytes.
 pub fn encode_request(req: &ExportTraceServiceRequest) -> Vec<u8> {
-    encode_resource_spans(&req.resource_spans).to_string().into_bytes()
+    encode_resource_spans(&req.resource_spans)
+        .to_string()
+        .into_bytes()
 }
 
 /// Encodes a response to OTLP/JSON bytes.
@@ -483,7 +542,10 @@ pub fn encode_response(resp: &ExportTraceServiceResponse) -> Vec<u8> {
     if let Some(p) = &resp.partial_success {
         let mut po = Map::new();
         if p.rejected_spans != 0 {
-            po.insert("rejectedSpans".into(), J::String(p.rejected_spans.to_string()));
+            po.insert(
+                "rejectedSpans".into(),
+                J::String(p.rejected_spans.to_string()),
+            );
         }
         put_str(&mut po, "errorMessage", &p.error_message);
         o.insert("partialSuccess".into(), J::Object(po));
@@ -523,7 +585,10 @@ fn put_hex(o: &mut Map<String, J>, key: &str, v: &[u8]) {
 
 fn put_attrs(o: &mut Map<String, J>, attrs: &[KeyValue]) {
     if !attrs.is_empty() {
-        o.insert("attributes".into(), J::Array(attrs.iter().map(key_value_json).collect()));
+        o.insert(
+            "attributes".into(),
+            J::Array(attrs.iter().map(key_value_json).collect()),
+        );
     }
 }
 
@@ -532,7 +597,11 @@ fn resource_spans_json(rs: &ResourceSpans) -> J {
     if let Some(r) = &rs.resource {
         let mut ro = Map::new();
         put_attrs(&mut ro, &r.attributes);
-        put_u32(&mut ro, "droppedAttributesCount", r.dropped_attributes_count);
+        put_u32(
+            &mut ro,
+            "droppedAttributesCount",
+            r.dropped_attributes_count,
+        );
         o.insert("resource".into(), J::Object(ro));
     }
     o.insert(
@@ -550,10 +619,17 @@ fn scope_spans_json(ss: &ScopeSpans) -> J {
         put_str(&mut so, "name", &s.name);
         put_str(&mut so, "version", &s.version);
         put_attrs(&mut so, &s.attributes);
-        put_u32(&mut so, "droppedAttributesCount", s.dropped_attributes_count);
+        put_u32(
+            &mut so,
+            "droppedAttributesCount",
+            s.dropped_attributes_count,
+        );
         o.insert("scope".into(), J::Object(so));
     }
-    o.insert("spans".into(), J::Array(ss.spans.iter().map(span_json).collect()));
+    o.insert(
+        "spans".into(),
+        J::Array(ss.spans.iter().map(span_json).collect()),
+    );
     put_str(&mut o, "schemaUrl", &ss.schema_url);
     J::Object(o)
 }
@@ -581,7 +657,11 @@ pub fn span_json(s: &Span) -> J {
                 put_u64(&mut eo, "timeUnixNano", e.time_unix_nano);
                 put_str(&mut eo, "name", &e.name);
                 put_attrs(&mut eo, &e.attributes);
-                put_u32(&mut eo, "droppedAttributesCount", e.dropped_attributes_count);
+                put_u32(
+                    &mut eo,
+                    "droppedAttributesCount",
+                    e.dropped_attributes_count,
+                );
                 J::Object(eo)
             })
             .collect();
@@ -598,7 +678,11 @@ pub fn span_json(s: &Span) -> J {
                 put_hex(&mut lo, "spanId", &l.span_id);
                 put_str(&mut lo, "traceState", &l.trace_state);
                 put_attrs(&mut lo, &l.attributes);
-                put_u32(&mut lo, "droppedAttributesCount", l.dropped_attributes_count);
+                put_u32(
+                    &mut lo,
+                    "droppedAttributesCount",
+                    l.dropped_attributes_count,
+                );
                 put_u32(&mut lo, "flags", l.flags);
                 J::Object(lo)
             })
@@ -640,28 +724,36 @@ pub fn any_value_json(v: &AnyValue) -> J {
             o.insert("intValue".into(), J::String(i.to_string()));
         }
         Some(Value::DoubleValue(d)) => {
-            let j = serde_json::Number::from_f64(*d).map(J::Number).unwrap_or_else(|| {
-                J::String(
-                    if d.is_nan() {
-                        "NaN"
-                    } else if *d > 0.0 {
-                        "Infinity"
-                    } else {
-                        "-Infinity"
-                    }
-                    .into(),
-                )
-            });
+            let j = serde_json::Number::from_f64(*d)
+                .map(J::Number)
+                .unwrap_or_else(|| {
+                    J::String(
+                        if d.is_nan() {
+                            "NaN"
+                        } else if *d > 0.0 {
+                            "Infinity"
+                        } else {
+                            "-Infinity"
+                        }
+                        .into(),
+                    )
+                });
             o.insert("doubleValue".into(), j);
         }
         Some(Value::ArrayValue(a)) => {
             let mut ao = Map::new();
-            ao.insert("values".into(), J::Array(a.values.iter().map(any_value_json).collect()));
+            ao.insert(
+                "values".into(),
+                J::Array(a.values.iter().map(any_value_json).collect()),
+            );
             o.insert("arrayValue".into(), J::Object(ao));
         }
         Some(Value::KvlistValue(kv)) => {
             let mut ko = Map::new();
-            ko.insert("values".into(), J::Array(kv.values.iter().map(key_value_json).collect()));
+            ko.insert(
+                "values".into(),
+                J::Array(kv.values.iter().map(key_value_json).collect()),
+            );
             o.insert("kvlistValue".into(), J::Object(ko));
         }
         Some(Value::BytesValue(b)) => {
@@ -717,7 +809,10 @@ mod tests {
     fn decodes_the_spec_example() {
         let req = decode_request(SPEC_EXAMPLE.as_bytes()).unwrap();
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
-        assert_eq!(hex::encode(&span.trace_id), "5b8efff798038103d269b633813fc60c");
+        assert_eq!(
+            hex::encode(&span.trace_id),
+            "5b8efff798038103d269b633813fc60c"
+        );
         assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
         assert_eq!(span.end_time_unix_nano, 1_544_712_661_000_000_000);
         assert_eq!(span.kind, 2);
@@ -739,8 +834,14 @@ mod tests {
         let req = decode_request(SPEC_EXAMPLE.as_bytes()).unwrap();
         let out = encode_request(&req);
         let text = String::from_utf8(out.clone()).unwrap();
-        assert!(text.contains(r#""traceId":"5b8efff798038103d269b633813fc60c""#), "{text}");
-        assert!(text.contains(r#""startTimeUnixNano":"1544712660000000000""#), "{text}");
+        assert!(
+            text.contains(r#""traceId":"5b8efff798038103d269b633813fc60c""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""startTimeUnixNano":"1544712660000000000""#),
+            "{text}"
+        );
         assert!(text.contains(r#""intValue":"42""#), "{text}");
         assert!(text.contains(r#""kind":2"#), "{text}");
         assert!(!text.contains("someFutureField"));
@@ -764,9 +865,13 @@ mod tests {
         assert_eq!(e.path, "resourceSpans[0].scopeSpans[0].spans[0].traceId");
         assert!(e.problem.contains("32 hex characters"), "{e}");
 
-        let bad_int = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":"soon"}]}]}]}"#;
+        let bad_int =
+            r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":"soon"}]}]}]}"#;
         let e = decode_request(bad_int.as_bytes()).unwrap_err();
-        assert_eq!(e.path, "resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano");
+        assert_eq!(
+            e.path,
+            "resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano"
+        );
 
         let truncated = r#"{"resourceSpans":[{"scopeSpans":["#;
         let e = decode_request(truncated.as_bytes()).unwrap_err();
@@ -774,7 +879,10 @@ mod tests {
 
         let not_array = r#"{"resourceSpans":{}}"#;
         let e = decode_request(not_array.as_bytes()).unwrap_err();
-        assert_eq!(e.to_string(), "resourceSpans: expected an array, found an object");
+        assert_eq!(
+            e.to_string(),
+            "resourceSpans: expected an array, found an object"
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub mod proto {
     pub use collector::{
         ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
     };
-    pub use common::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList};
+    pub use common::{
+        any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+    };
     pub use resource::Resource;
     pub use trace::{span, ResourceSpans, ScopeSpans, Span, Status, TracesData};
 }

@@ -55,7 +55,10 @@ impl fmt::Display for DurationProblem {
                 write!(f, "{number:?} has no unit (ns, us, ms, s, m, h)")
             }
             DurationProblem::UnknownUnit { unit } => {
-                write!(f, "unknown unit {unit:?} (valid units are ns, us, µs, ms, s, m, h)")
+                write!(
+                    f,
+                    "unknown unit {unit:?} (valid units are ns, us, µs, ms, s, m, h)"
+                )
             }
             DurationProblem::Negative => write!(f, "negative durations are not allowed"),
             DurationProblem::Overflow => write!(f, "it is too long"),
@@ -80,6 +83,11 @@ fn unit_nanos(unit: &str) -> Option<u128> {
 const MAX_FRACTION_DIGITS: usize = 24;
 
 /// Parses a Go duration (`1.5s`, `1m30s`, `500us`, `10ns`, `0`).
+///
+/// # Errors
+///
+/// A [`DurationError`] naming the problem: empty text, a missing or unknown unit, a character
+/// where a number belongs, a negative or too long duration.
 pub fn parse_go_duration(input: &str) -> Result<Duration, DurationError> {
     let fail = |problem| DurationError {
         input: input.to_string(),
@@ -199,7 +207,10 @@ mod tests {
         assert_eq!(ok(".5s"), Duration::from_millis(500));
         assert_eq!(ok("1.s"), Duration::from_secs(1));
         assert_eq!(ok("2h45m"), Duration::from_secs(2 * 3600 + 45 * 60));
-        assert_eq!(ok("1h1m1s1ms1us1ns"), Duration::from_nanos(3_661_001_001_001));
+        assert_eq!(
+            ok("1h1m1s1ms1us1ns"),
+            Duration::from_nanos(3_661_001_001_001)
+        );
         assert_eq!(ok("1.000000001s"), Duration::from_nanos(1_000_000_001));
         assert_eq!(ok("0.1ns"), Duration::ZERO);
         assert_eq!(ok("1.5h"), Duration::from_secs(5400));
@@ -223,10 +234,7 @@ mod tests {
             err("5sec"),
             DurationProblem::UnknownUnit { unit: "sec".into() }
         );
-        assert_eq!(
-            err("1d"),
-            DurationProblem::UnknownUnit { unit: "d".into() }
-        );
+        assert_eq!(err("1d"), DurationProblem::UnknownUnit { unit: "d".into() });
         assert_eq!(err("s"), DurationProblem::ExpectedNumber { at: 0 });
         assert_eq!(err(".s"), DurationProblem::ExpectedNumber { at: 0 });
         assert_eq!(err("1s.ms"), DurationProblem::ExpectedNumber { at: 2 });

@@ -157,10 +157,7 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(
-            QueryError::TraceNotFound.status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(QueryError::TraceNotFound.status(), StatusCode::NOT_FOUND);
         assert_eq!(
             QueryError::TraceQlUnsupported.status(),
             StatusCode::BAD_REQUEST

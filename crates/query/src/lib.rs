@@ -26,6 +26,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod error;
 pub mod logfmt;
@@ -162,6 +164,10 @@ pub fn router(state: QueryState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish.
+///
+/// # Errors
+///
+/// An I/O error if serving fails (accept errors on single connections are retried by axum).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: QueryState,

@@ -98,6 +98,10 @@ fn is_plain(c: char) -> bool {
 }
 
 /// Parses logfmt into `(key, value)` pairs, in order (a key may repeat).
+///
+/// # Errors
+///
+/// A [`LogfmtError`] with the column and the nature of the first problem.
 pub fn parse_logfmt(input: &str) -> Result<Vec<(String, String)>, LogfmtError> {
     let chars: Vec<char> = input.chars().collect();
     let fail = |i: usize, problem| LogfmtError {
@@ -157,10 +161,11 @@ pub fn parse_logfmt(input: &str) -> Result<Vec<(String, String)>, LogfmtError> {
                             'f' => '\u{c}',
                             'u' => {
                                 let hex: String = chars.iter().skip(i).take(4).collect();
-                                let c = (hex.len() == 4 && hex.chars().all(|c| c.is_ascii_hexdigit()))
-                                    .then(|| u32::from_str_radix(&hex, 16).ok())
-                                    .flatten()
-                                    .and_then(char::from_u32);
+                                let c = (hex.len() == 4
+                                    && hex.chars().all(|c| c.is_ascii_hexdigit()))
+                                .then(|| u32::from_str_radix(&hex, 16).ok())
+                                .flatten()
+                                .and_then(char::from_u32);
                                 match c {
                                     Some(c) => {
                                         i += 4;

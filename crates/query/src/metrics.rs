@@ -27,7 +27,8 @@ use crate::error::QueryError;
 use crate::QueryState;
 
 /// The content type of the OpenMetrics text format.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Labels of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,7 +158,11 @@ pub(crate) struct Tracked {
 }
 
 /// Middleware: counts the request and observes its latency under the route's endpoint name.
-pub(crate) async fn track(State(tracked): State<Tracked>, request: Request, next: Next) -> Response {
+pub(crate) async fn track(
+    State(tracked): State<Tracked>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     tracked.metrics.record(

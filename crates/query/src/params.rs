@@ -13,10 +13,7 @@ const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
 /// The value of `name`, or `None` when absent or empty (`start=` is no start).
 pub(crate) fn get<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .map(|v| v.trim())
-        .filter(|v| !v.is_empty())
+    params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
 /// A unix time in whole seconds.
@@ -65,7 +62,11 @@ pub(crate) fn count(
         Some(v) => match v.parse::<usize>() {
             Ok(0) => Ok(default),
             Ok(n) => Ok(n),
-            Err(_) => Err(QueryError::param(name, v, "expected a non-negative integer")),
+            Err(_) => Err(QueryError::param(
+                name,
+                v,
+                "expected a non-negative integer",
+            )),
         },
     }
 }

@@ -209,14 +209,17 @@ pub fn decode_meta<'a>(key: &[u8], value: &'a [u8]) -> Result<(EntryMeta, &'a [u
     if len > cursor.len() {
         return Err(corrupt(key, "header longer than the entry"));
     }
-    let meta = EntryMeta::decode(&cursor[..len]).map_err(|e| corrupt(key, format!("bad header: {e}")))?;
+    let meta =
+        EntryMeta::decode(&cursor[..len]).map_err(|e| corrupt(key, format!("bad header: {e}")))?;
     Ok((meta, &cursor[len..]))
 }
 
 /// Decompresses and decodes an entry's spans.
 pub fn decode_payload(key: &[u8], payload: &[u8]) -> Result<Vec<ResourceSpans>, StoreError> {
-    let bytes = zstd::stream::decode_all(payload).map_err(|e| corrupt(key, format!("bad compression: {e}")))?;
-    let data = TracesData::decode(bytes.as_slice()).map_err(|e| corrupt(key, format!("bad protobuf: {e}")))?;
+    let bytes = zstd::stream::decode_all(payload)
+        .map_err(|e| corrupt(key, format!("bad compression: {e}")))?;
+    let data = TracesData::decode(bytes.as_slice())
+        .map_err(|e| corrupt(key, format!("bad protobuf: {e}")))?;
     Ok(data.resource_spans)
 }
 
@@ -250,7 +253,10 @@ pub fn merge(parts: Vec<Vec<ResourceSpans>>) -> Vec<ResourceSpans> {
                     Some(i) => {
                         let existing = &mut target.scope_spans[i].spans;
                         for span in ss.spans {
-                            if !existing.iter().any(|e| e.span_id == span.span_id && *e == span) {
+                            if !existing
+                                .iter()
+                                .any(|e| e.span_id == span.span_id && *e == span)
+                            {
                                 existing.push(span);
                             }
                         }
@@ -326,7 +332,10 @@ mod tests {
         let back = decode_payload(b"k", payload).unwrap();
         assert_eq!(back, spans);
         // The same spans twice (a retry) plus a late span from the same resource: merged.
-        let late = split_by_trace(vec![rs("a", vec![span(1, 3, 2)])]).traces.remove(0).1;
+        let late = split_by_trace(vec![rs("a", vec![span(1, 3, 2)])])
+            .traces
+            .remove(0)
+            .1;
         let merged = merge(vec![back.clone(), back, late]);
         assert_eq!(merged.len(), 1);
         assert_eq!(sextant_otlp_proto::span_count(&merged), 3);
@@ -334,8 +343,14 @@ mod tests {
 
     #[test]
     fn corrupt_entries_are_reported() {
-        assert!(matches!(decode_meta(b"k", &[]), Err(StoreError::Corrupt { .. })));
-        assert!(matches!(decode_meta(b"k", &[9, 1, 2]), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            decode_meta(b"k", &[]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_meta(b"k", &[9, 1, 2]),
+            Err(StoreError::Corrupt { .. })
+        ));
         let err = decode_payload(b"\x01", b"not zstd").unwrap_err();
         assert!(err.to_string().contains("entry 01 is corrupt"), "{err}");
     }

@@ -38,7 +38,11 @@ pub trait SpanWriter: Send + Sync {
 /// The read side of a store. Calls block: async callers run them on a blocking thread.
 pub trait TraceReader: Send + Sync {
     /// Every span of a trace, grouped by resource and scope, or `None` when no span is stored.
-    fn trace(&self, id: TraceId, window: TimeWindow) -> Result<Option<Vec<ResourceSpans>>, StoreError>;
+    fn trace(
+        &self,
+        id: TraceId,
+        window: TimeWindow,
+    ) -> Result<Option<Vec<ResourceSpans>>, StoreError>;
 
     /// Traces with at least one span matching every condition, newest first.
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError>;

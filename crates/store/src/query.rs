@@ -56,7 +56,9 @@ impl Condition {
             if let Some(kv) = attrs.iter().find(|kv| kv.key == self.key) {
                 let ok = match &self.matcher {
                     Matcher::Exists => true,
-                    Matcher::Equals(want) => kv.value.as_ref().map(attr::render).as_deref() == Some(want),
+                    Matcher::Equals(want) => {
+                        kv.value.as_ref().map(attr::render).as_deref() == Some(want)
+                    }
                 };
                 if ok {
                     return Some(Some(kv.clone()));
@@ -79,7 +81,12 @@ pub(crate) fn intrinsic(span: &Span, key: &str) -> Option<String> {
     match key {
         "name" => Some(span.name.clone()),
         "status" => Some(status_name(span).to_string()),
-        "statusMessage" => Some(span.status.as_ref().map(|s| s.message.clone()).unwrap_or_default()),
+        "statusMessage" => Some(
+            span.status
+                .as_ref()
+                .map(|s| s.message.clone())
+                .unwrap_or_default(),
+        ),
         "kind" => Some(kind_name(span.kind).to_string()),
         _ => None,
     }
@@ -117,7 +124,10 @@ mod tests {
             name: "GET /users".into(),
             kind: 2,
             attributes: vec![attr::kv_int("http.status_code", 500)],
-            status: Some(Status { code: 2, message: "boom".into() }),
+            status: Some(Status {
+                code: 2,
+                message: "boom".into(),
+            }),
             ..Default::default()
         };
         let resource = Resource {
@@ -125,12 +135,24 @@ mod tests {
             ..Default::default()
         };
         let r = Some(&resource);
-        assert!(Condition::equals("http.status_code", "500").matches(&span, r).is_some());
-        assert!(Condition::equals("service.name", "api").matches(&span, r).is_some());
-        assert!(Condition::equals("service.name", "web").matches(&span, r).is_none());
-        assert!(Condition::equals("name", "GET /users").matches(&span, r).is_some());
-        assert!(Condition::equals("status", "error").matches(&span, r).is_some());
-        assert!(Condition::equals("kind", "server").matches(&span, r).is_some());
+        assert!(Condition::equals("http.status_code", "500")
+            .matches(&span, r)
+            .is_some());
+        assert!(Condition::equals("service.name", "api")
+            .matches(&span, r)
+            .is_some());
+        assert!(Condition::equals("service.name", "web")
+            .matches(&span, r)
+            .is_none());
+        assert!(Condition::equals("name", "GET /users")
+            .matches(&span, r)
+            .is_some());
+        assert!(Condition::equals("status", "error")
+            .matches(&span, r)
+            .is_some());
+        assert!(Condition::equals("kind", "server")
+            .matches(&span, r)
+            .is_some());
         let scoped = Condition {
             scope: Some(TagScope::Span),
             key: "service.name".into(),

@@ -93,7 +93,9 @@ impl TagIndex {
     /// Records the attributes, returning the `tags` keys that are new.
     fn observe(&mut self, scope: TagScope, attrs: &[KeyValue], new: &mut Vec<Vec<u8>>) {
         for kv in attrs {
-            let Some(value) = kv.value.as_ref() else { continue };
+            let Some(value) = kv.value.as_ref() else {
+                continue;
+            };
             let type_name = match &value.value {
                 Some(Value::StringValue(_)) => "string",
                 Some(Value::IntValue(_)) => "int",
@@ -280,11 +282,16 @@ impl SledStore {
             .map_err(|_| StoreError::Closed)?;
         }
         wait.await.map_err(|_| StoreError::Closed)??;
-        self.inner.spans_written.fetch_add(accepted, Ordering::Relaxed);
+        self.inner
+            .spans_written
+            .fetch_add(accepted, Ordering::Relaxed);
         Ok(receipt)
     }
 
-    fn load_trace(&self, id: &TraceId) -> Result<Vec<(encode::EntryMeta, sled::IVec, sled::IVec)>, StoreError> {
+    fn load_trace(
+        &self,
+        id: &TraceId,
+    ) -> Result<Vec<(encode::EntryMeta, sled::IVec, sled::IVec)>, StoreError> {
         let mut out = Vec::new();
         for item in self.inner.entries.scan_prefix(id.as_bytes()) {
             let (k, v) = item?;
@@ -368,29 +375,46 @@ impl SpanWriter for SledStore {
 }
 
 impl TraceReader for SledStore {
-    fn trace(&self, id: TraceId, window: TimeWindow) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
+    fn trace(
+        &self,
+        id: TraceId,
+        window: TimeWindow,
+    ) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
         let parts = self.load_trace(&id)?;
-        if parts.is_empty() || !parts.iter().any(|(m, _, _)| window.overlaps(m.start_ns, m.end_ns)) {
+        if parts.is_empty()
+            || !parts
+                .iter()
+                .any(|(m, _, _)| window.overlaps(m.start_ns, m.end_ns))
+        {
             return Ok(None);
         }
         Ok(Some(Self::decode_all(&parts)?))
     }
 
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError> {
-        let lo = query.window.start_ns.unwrap_or(0).saturating_sub(MAX_ENTRY_SPAN_NS);
+        let lo = query
+            .window
+            .start_ns
+            .unwrap_or(0)
+            .saturating_sub(MAX_ENTRY_SPAN_NS);
         let hi = query.window.end_ns.unwrap_or(u64::MAX);
         let mut result = SearchResult::default();
         let mut seen: HashSet<TraceId> = HashSet::new();
         let limit = query.limit.max(1);
         let mut upper = [0xffu8; 32];
         upper[..8].copy_from_slice(&hi.to_be_bytes());
-        let range = self.inner.by_start.range(lo.to_be_bytes().to_vec()..=upper.to_vec());
+        let range = self
+            .inner
+            .by_start
+            .range(lo.to_be_bytes().to_vec()..=upper.to_vec());
         for item in range.rev() {
             let (k, _) = item?;
             if k.len() != 32 {
                 continue;
             }
-            let Ok(id) = TraceId::from_slice(&k[8..24]) else { continue };
+            let Ok(id) = TraceId::from_slice(&k[8..24]) else {
+                continue;
+            };
             if !seen.insert(id) {
                 continue;
             }
@@ -410,7 +434,9 @@ impl TraceReader for SledStore {
                 }
             }
         }
-        result.traces.sort_by(|a, b| b.summary.start_ns.cmp(&a.summary.start_ns));
+        result
+            .traces
+            .sort_by_key(|t| std::cmp::Reverse(t.summary.start_ns));
         Ok(result)
     }
 
@@ -469,21 +495,31 @@ fn evaluate(id: TraceId, trace: &[ResourceSpans], query: &SearchQuery) -> Option
                     summary.root_service = attr::service_name(rs.resource.as_ref()).to_string();
                     summary.root_name = span.name.clone();
                 }
-                let duration = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano);
-                if query.min_duration.is_some_and(|d| (duration as u128) < d.as_nanos())
-                    || query.max_duration.is_some_and(|d| (duration as u128) > d.as_nanos())
+                let duration = span
+                    .end_time_unix_nano
+                    .saturating_sub(span.start_time_unix_nano);
+                if query
+                    .min_duration
+                    .is_some_and(|d| (duration as u128) < d.as_nanos())
+                    || query
+                        .max_duration
+                        .is_some_and(|d| (duration as u128) > d.as_nanos())
                 {
                     continue;
                 }
                 let mut attrs = Vec::new();
-                let all = query.conditions.iter().all(|c| match c.matches(span, rs.resource.as_ref()) {
-                    Some(Some(kv)) => {
-                        attrs.push(kv);
-                        true
-                    }
-                    Some(None) => true,
-                    None => false,
-                });
+                let all =
+                    query
+                        .conditions
+                        .iter()
+                        .all(|c| match c.matches(span, rs.resource.as_ref()) {
+                            Some(Some(kv)) => {
+                                attrs.push(kv);
+                                true
+                            }
+                            Some(None) => true,
+                            None => false,
+                        });
                 if all {
                     matched += 1;
                     if matched_spans.len() < query.spans_per_trace {

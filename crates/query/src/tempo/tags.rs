@@ -147,10 +147,7 @@ pub(crate) async fn tag_names_v2(
                     "resource",
                     by_scope.remove(&TagScope::Resource).unwrap_or_default(),
                 ),
-                scope_json(
-                    "span",
-                    by_scope.remove(&TagScope::Span).unwrap_or_default(),
-                ),
+                scope_json("span", by_scope.remove(&TagScope::Span).unwrap_or_default()),
                 scope_json("intrinsic", intrinsics()),
             ]
         }
@@ -296,7 +293,10 @@ mod tests {
             scoped_tag(".foo").unwrap(),
             ScopedTag::Attribute(None, "foo".into())
         );
-        assert_eq!(scoped_tag("status").unwrap(), ScopedTag::Intrinsic("status"));
+        assert_eq!(
+            scoped_tag("status").unwrap(),
+            ScopedTag::Intrinsic("status")
+        );
         assert_eq!(
             scoped_tag("span:kind").unwrap(),
             ScopedTag::Intrinsic("span:kind")

@@ -1,0 +1,114 @@
+//! Collector settings, with the reference collector's defaults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the collector part of a process needs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub batch: BatchConfig,
+    pub memory_limiter: MemoryLimiterConfig,
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
+}
+
+/// The batch processor (`send_batch_size` 8192, `timeout` 200ms, `send_batch_max_size` 0).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Send once this many spans are waiting.
+    pub send_batch_size: usize,
+    /// Send at the latest this long after the first span of a batch arrived.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Split batches larger than this (0: no limit).
+    pub send_batch_max_size: usize,
+    /// Send as soon as no more requests are waiting, instead of waiting for `timeout`.
+    /// Clients wait for their spans to be durable, so waiting only adds latency; `false`
+    /// restores the reference collector's timing.
+    pub flush_when_idle: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            send_batch_size: 8192,
+            timeout: Duration::from_millis(200),
+            send_batch_max_size: 0,
+            flush_when_idle: true,
+        }
+    }
+}
+
+/// The memory limiter. `limit_mib` 0 means "no limit".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryLimiterConfig {
+    #[serde(with = "duration")]
+    pub check_interval: Duration,
+    pub limit_mib: u64,
+    /// Headroom below the limit; the soft limit is `limit - spike`. Default: 20% of the limit.
+    pub spike_limit_mib: Option<u64>,
+}
+
+impl Default for MemoryLimiterConfig {
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_millis(100),
+            limit_mib: 0,
+            spike_limit_mib: None,
+        }
+    }
+}
+
+/// The OTLP/gRPC receiver.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Largest request accepted, after decompression.
+    pub max_recv_msg_size_mib: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            max_recv_msg_size_mib: 20,
+        }
+    }
+}
+
+/// The OTLP/HTTP receiver.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest body accepted, after decompression (OTLP recommends 20 MiB).
+    pub max_request_body_size: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body_size: 20 * 1024 * 1024,
+        }
+    }
+}
+
+/// Durations as the reference writes them: `200ms`, `5s`, `1m30s`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like 200ms or 5s: {e}"))
+        })
+    }
+}

@@ -1,0 +1,314 @@
+//! The OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, gzip, deflate or
+//! zstd content encoding, a size limit that also holds after decompression, and errors as
+//! `google.rpc.Status` in the request's own encoding.
+
+use std::future::Future;
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::{BodyExt, Limited};
+use prost::Message;
+use sextant_otlp_proto::json;
+use sextant_otlp_proto::proto::ExportTraceServiceRequest;
+
+use crate::error::PipelineError;
+use crate::metrics::CollectorMetrics;
+use crate::processor::memory_limiter::MemoryLimiter;
+use crate::receiver::response_for;
+use crate::{Consumer, TraceBatch};
+
+#[derive(Clone)]
+struct Receiver {
+    pipeline: Arc<dyn Consumer>,
+    limiter: MemoryLimiter,
+    metrics: CollectorMetrics,
+    max_body: usize,
+}
+
+/// The body encodings we speak.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Protobuf => "application/x-protobuf",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+/// The router of the receiver (`/v1/traces`; other methods 405, other paths 404).
+pub fn router(
+    pipeline: Arc<dyn Consumer>,
+    limiter: MemoryLimiter,
+    metrics: CollectorMetrics,
+    max_body: usize,
+) -> Router {
+    let state = Receiver {
+        pipeline,
+        limiter,
+        metrics,
+        max_body,
+    };
+    Router::new()
+        .route(
+            "/v1/traces",
+            post(export).fallback(|method: axum::http::Method| async move {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    [(header::ALLOW, "POST")],
+                    format!("method {method} not allowed on /v1/traces: use POST"),
+                )
+            }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: OTLP/HTTP traces go to POST /v1/traces",
+            )
+        })
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Serves OTLP/HTTP on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn error_response(format: Format, err: &PipelineError) -> Response {
+    let status = err.rpc_status();
+    let body = match format {
+        Format::Protobuf => status.to_protobuf(),
+        Format::Json => status.to_json().into_bytes(),
+    };
+    let mut resp = (err.http_status(), body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Some(delay) = err.retry_after() {
+        let secs = delay.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Format, PipelineError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Ok(Format::Protobuf),
+        "application/json" => Ok(Format::Json),
+        "" => Err(PipelineError::UnsupportedMedia(
+            "missing Content-Type: use application/x-protobuf or application/json".into(),
+        )),
+        other => Err(PipelineError::UnsupportedMedia(format!(
+            "unsupported Content-Type {other:?}: use application/x-protobuf or application/json"
+        ))),
+    }
+}
+
+async fn export(State(rx): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
+    let format = match format_of(&headers) {
+        Ok(f) => f,
+        // The body's format is unknown: answer in protobuf, the OTLP default.
+        Err(e) => return error_response(Format::Protobuf, &e),
+    };
+    match handle(&rx, format, &headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(format, &e),
+    }
+}
+
+async fn handle(
+    rx: &Receiver,
+    format: Format,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, PipelineError> {
+    if rx.limiter.is_over() {
+        return Err(rx.limiter.refusal());
+    }
+    let too_large = || {
+        PipelineError::TooLarge(format!(
+            "request body exceeds the limit of {} bytes",
+            rx.max_body
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > rx.max_body) {
+        return Err(too_large());
+    }
+    let admission = rx.limiter.admit(declared.unwrap_or(0))?;
+    let raw = Limited::new(body, rx.max_body)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                PipelineError::InvalidArgument(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    let bytes = decompress(&encoding, raw, rx.max_body)?;
+    let request = match format {
+        Format::Protobuf => ExportTraceServiceRequest::decode(bytes.as_ref()).map_err(|e| {
+            PipelineError::InvalidArgument(format!("invalid OTLP protobuf body: {e}"))
+        })?,
+        Format::Json => json::decode_request(&bytes)
+            .map_err(|e| PipelineError::InvalidArgument(format!("invalid OTLP/JSON body: {e}")))?,
+    };
+    let batch = TraceBatch::new(request.resource_spans);
+    let spans = batch.span_count;
+    // Account for the decoded size now that it is known.
+    drop(admission);
+    let _admission = match rx.limiter.admit(bytes.len()) {
+        Ok(a) => a,
+        Err(e) => {
+            rx.metrics.refused("otlp", "http", spans);
+            return Err(e);
+        }
+    };
+    let outcome = match rx.pipeline.consume(batch).await {
+        Ok(o) => o,
+        Err(e) => {
+            rx.metrics.refused("otlp", "http", spans);
+            return Err(e);
+        }
+    };
+    rx.metrics
+        .accepted("otlp", "http", spans - outcome.rejected_spans as usize);
+    rx.metrics
+        .refused("otlp", "http", outcome.rejected_spans as usize);
+    let response = response_for(&outcome);
+    let body = match format {
+        Format::Protobuf => response.encode_to_vec(),
+        Format::Json => json::encode_response(&response),
+    };
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    Ok(resp)
+}
+
+/// Decompresses `raw`, refusing output larger than `max` (so a small bomb cannot grow).
+fn decompress(encoding: &str, raw: Bytes, max: usize) -> Result<Bytes, PipelineError> {
+    let reader: Box<dyn Read> = match encoding {
+        "" | "identity" => return Ok(raw),
+        "gzip" | "x-gzip" => Box::new(flate2::read::GzDecoder::new(std::io::Cursor::new(raw))),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(std::io::Cursor::new(raw))),
+        "zstd" => Box::new(
+            zstd::stream::read::Decoder::new(std::io::Cursor::new(raw))
+                .map_err(|e| PipelineError::InvalidArgument(format!("invalid zstd body: {e}")))?,
+        ),
+        other => {
+            return Err(PipelineError::UnsupportedMedia(format!(
+                "unsupported Content-Encoding {other:?}: use gzip, deflate, zstd or none"
+            )))
+        }
+    };
+    let mut out = Vec::new();
+    let read = reader
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| PipelineError::InvalidArgument(format!("invalid {encoding} body: {e}")))?;
+    if read > max {
+        return Err(PipelineError::TooLarge(format!(
+            "request body exceeds the limit of {max} bytes after {encoding} decompression"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn decompression_is_bounded() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 1_000_000]).unwrap();
+        let bomb = Bytes::from(enc.finish().unwrap());
+        assert!(bomb.len() < 10_000);
+        let e = decompress("gzip", bomb.clone(), 100_000).unwrap_err();
+        assert!(matches!(e, PipelineError::TooLarge(_)), "{e}");
+        assert_eq!(
+            decompress("gzip", bomb, 2_000_000).unwrap().len(),
+            1_000_000
+        );
+        assert!(matches!(
+            decompress("br", Bytes::new(), 10),
+            Err(PipelineError::UnsupportedMedia(_))
+        ));
+        assert!(matches!(
+            decompress("gzip", Bytes::from_static(b"nope"), 10),
+            Err(PipelineError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(
+            format_of(&h),
+            Err(PipelineError::UnsupportedMedia(_))
+        ));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert_eq!(format_of(&h).unwrap(), Format::Json);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        assert_eq!(format_of(&h).unwrap(), Format::Protobuf);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(format_of(&h)
+            .unwrap_err()
+            .to_string()
+            .contains("text/plain"));
+    }
+}
