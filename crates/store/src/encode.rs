@@ -166,7 +166,7 @@ pub fn encode_entry(
         meta.start_ns = 0;
     }
     let payload = TracesData { resource_spans }.encode_to_vec();
-    let compressed = zstd::bulk::compress(&payload, level)?;
+    let compressed = compress(&payload, level)?;
     let meta_bytes = meta.encode_length_delimited_to_vec();
     let mut value = Vec::with_capacity(1 + meta_bytes.len() + compressed.len());
     value.push(FORMAT_V1);
@@ -176,6 +176,25 @@ pub fn encode_entry(
         trace_id,
         meta,
         value,
+    })
+}
+
+thread_local! {
+    /// One zstd context per thread: creating one per entry costs more than compressing it.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(data),
+            None => zstd::bulk::compress(data, level),
+        }
     })
 }
 

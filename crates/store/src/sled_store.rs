@@ -11,7 +11,8 @@
 //! One writer thread owns every insert and the fsync (group commit): it takes all writes that
 //! are waiting, inserts them, flushes once, then acknowledges each of them.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -84,45 +85,80 @@ struct Job {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// Tag names and values, by scope. Lookups of known keys and values do not allocate.
 #[derive(Default)]
 struct TagIndex {
-    keys: BTreeMap<(TagScope, String), BTreeSet<TagValue>>,
+    resource: HashMap<String, BTreeSet<TagValue>>,
+    span: HashMap<String, BTreeSet<TagValue>>,
 }
 
 impl TagIndex {
-    /// Records the attributes, returning the `tags` keys that are new.
-    fn observe(&mut self, scope: TagScope, attrs: &[KeyValue], new: &mut Vec<Vec<u8>>) {
+    fn scope(&self, scope: TagScope) -> &HashMap<String, BTreeSet<TagValue>> {
+        match scope {
+            TagScope::Resource => &self.resource,
+            TagScope::Span => &self.span,
+        }
+    }
+
+    fn scope_mut(&mut self, scope: TagScope) -> &mut HashMap<String, BTreeSet<TagValue>> {
+        match scope {
+            TagScope::Resource => &mut self.resource,
+            TagScope::Span => &mut self.span,
+        }
+    }
+
+    /// Records the attributes, pushing the `tags` tree keys that are new onto `new`.
+    fn observe(
+        &mut self,
+        scope: TagScope,
+        attrs: &[KeyValue],
+        new: &mut Vec<Vec<u8>>,
+        buf: &mut String,
+    ) {
+        let map = self.scope_mut(scope);
         for kv in attrs {
             let Some(value) = kv.value.as_ref() else {
                 continue;
             };
-            let type_name = match &value.value {
-                Some(Value::StringValue(_)) => "string",
-                Some(Value::IntValue(_)) => "int",
-                Some(Value::DoubleValue(_)) => "float",
-                Some(Value::BoolValue(_)) => "bool",
+            let (type_name, text): (&str, &str) = match &value.value {
+                Some(Value::StringValue(s)) => {
+                    if s.len() > MAX_TAG_VALUE_LEN {
+                        continue;
+                    }
+                    ("string", s.as_str())
+                }
+                Some(Value::IntValue(i)) => {
+                    buf.clear();
+                    let _ = write!(buf, "{i}");
+                    ("int", buf.as_str())
+                }
+                Some(Value::DoubleValue(d)) => {
+                    buf.clear();
+                    let _ = write!(buf, "{d}");
+                    ("float", buf.as_str())
+                }
+                Some(Value::BoolValue(b)) => ("bool", if *b { "true" } else { "false" }),
                 _ => continue,
             };
-            // Look up without allocating; most attributes are already known.
-            let values = match self.keys.get_mut(&(scope, kv.key.clone())) {
+            let values = match map.get_mut(kv.key.as_str()) {
                 Some(v) => v,
                 None => {
                     new.push(tag_key(scope, &kv.key, None));
-                    self.keys.entry((scope, kv.key.clone())).or_default()
+                    map.entry(kv.key.clone()).or_default()
                 }
             };
             if values.len() >= MAX_VALUES_PER_TAG {
                 continue;
             }
-            let text = match &value.value {
-                Some(Value::StringValue(s)) if s.len() > MAX_TAG_VALUE_LEN => continue,
-                _ => attr::render(value),
-            };
-            let tv = TagValue {
-                type_name: type_name.to_string(),
-                value: text,
-            };
-            if !values.contains(&tv) {
+            let known = values
+                .range::<str, _>((std::ops::Bound::Included(text), std::ops::Bound::Unbounded))
+                .take_while(|v| v.value == text)
+                .any(|v| v.type_name == type_name);
+            if !known {
+                let tv = TagValue {
+                    type_name: type_name.to_string(),
+                    value: text.to_string(),
+                };
                 new.push(tag_key(scope, &kv.key, Some(&tv)));
                 values.insert(tv);
             }
@@ -185,7 +221,7 @@ impl SledStore {
         for item in tags_tree.iter() {
             let (k, _) = item?;
             if let Some((scope, key, value)) = parse_tag_key(&k) {
-                let values = tags.keys.entry((scope, key)).or_default();
+                let values = tags.scope_mut(scope).entry(key).or_default();
                 if let Some(v) = value {
                     values.insert(v);
                 }
@@ -238,23 +274,22 @@ impl SledStore {
 
     /// Writes a batch and waits until it is durable.
     pub async fn write_batch(&self, batch: Vec<ResourceSpans>) -> Result<WriteReceipt, StoreError> {
-        let split = encode::split_by_trace(batch);
         let mut new_tags = Vec::new();
         {
             let mut tags = self.inner.tags.lock();
-            for (_, trace) in &split.traces {
-                for rs in trace {
-                    if let Some(r) = &rs.resource {
-                        tags.observe(TagScope::Resource, &r.attributes, &mut new_tags);
-                    }
-                    for ss in &rs.scope_spans {
-                        for span in &ss.spans {
-                            tags.observe(TagScope::Span, &span.attributes, &mut new_tags);
-                        }
+            let mut buf = String::new();
+            for rs in &batch {
+                if let Some(r) = &rs.resource {
+                    tags.observe(TagScope::Resource, &r.attributes, &mut new_tags, &mut buf);
+                }
+                for ss in &rs.scope_spans {
+                    for span in &ss.spans {
+                        tags.observe(TagScope::Span, &span.attributes, &mut new_tags, &mut buf);
                     }
                 }
             }
         }
+        let split = encode::split_by_trace(batch);
         let mut accepted = 0u64;
         let mut entries = Vec::with_capacity(split.traces.len());
         for (id, trace) in split.traces {
@@ -442,12 +477,14 @@ impl TraceReader for SledStore {
 
     fn tag_names(&self, scope: Option<TagScope>) -> Result<Vec<(TagScope, String)>, StoreError> {
         let tags = self.inner.tags.lock();
-        Ok(tags
-            .keys
-            .keys()
-            .filter(|(s, _)| scope.is_none_or(|want| want == *s))
-            .cloned()
-            .collect())
+        let mut out = Vec::new();
+        for s in [TagScope::Resource, TagScope::Span] {
+            if scope.is_none_or(|want| want == s) {
+                out.extend(tags.scope(s).keys().map(|k| (s, k.clone())));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn tag_values(&self, scope: Option<TagScope>, key: &str) -> Result<Vec<TagValue>, StoreError> {
@@ -457,7 +494,7 @@ impl TraceReader for SledStore {
             if scope.is_some_and(|want| want != s) {
                 continue;
             }
-            if let Some(values) = tags.keys.get(&(s, key.to_string())) {
+            if let Some(values) = tags.scope(s).get(key) {
                 out.extend(values.iter().cloned());
             }
         }

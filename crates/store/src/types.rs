@@ -133,10 +133,18 @@ impl TagScope {
 }
 
 /// A value seen for a tag, with its OTLP type (`string`, `int`, `float`, `bool`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// (No `Hash`: it borrows as its text for ordered lookups, which only `Ord` must agree with.)
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TagValue {
-    pub type_name: String,
+    /// First, so that values sort (and can be looked up) by their text.
     pub value: String,
+    pub type_name: String,
+}
+
+impl std::borrow::Borrow<str> for TagValue {
+    fn borrow(&self) -> &str {
+        &self.value
+    }
 }
 
 /// Figures for `/metrics`.
