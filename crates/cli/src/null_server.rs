@@ -92,17 +92,19 @@ async fn shutdown_signal() {
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => eprintln!("null-server: SIGINT, shutting down"),
+                    _ = term.recv() => eprintln!("null-server: SIGTERM, shutting down"),
                 }
             }
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
+                eprintln!("null-server: SIGINT, shutting down");
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        eprintln!("null-server: interrupted, shutting down");
     }
 }

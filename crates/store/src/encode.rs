@@ -1,30 +1,48 @@
-//! How a write becomes stored entries, and how entries become spans again (no I/O).
+//! How a write becomes stored bytes, and how they become spans again (no I/O).
 //!
-//! A write is split by trace: each trace's spans in that write, with their resources and scopes,
-//! become one *entry*: a small [`EntryMeta`] header (readable without decompressing) followed by
-//! the zstd-compressed protobuf `TracesData` of those spans.
+//! A write is stored whole, as one *batch*: a small [`BatchMeta`] header (readable without
+//! decompressing) followed by the zstd-compressed protobuf `TracesData` of all its spans, so
+//! that repeated strings across the whole write compress together. Each trace in the write gets
+//! a small [`TraceMeta`] in the trace index, pointing at the batch.
 
 use std::collections::HashMap;
 
 use prost::Message;
 use sextant_otlp_proto::attr;
-use sextant_otlp_proto::proto::{ResourceSpans, ScopeSpans, TracesData};
+use sextant_otlp_proto::proto::{ResourceSpans, TracesData};
 use sextant_otlp_proto::TraceId;
 
 use crate::error::StoreError;
 
 const FORMAT_V1: u8 = 1;
 
-/// The header of an entry.
+/// The header of a stored batch.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct EntryMeta {
+pub struct BatchMeta {
+    /// When the batch was written (unix ns): spans end before they arrive, so a search can stop
+    /// at batches that arrived before its window.
+    #[prost(fixed64, tag = "1")]
+    pub arrival_ns: u64,
+    #[prost(fixed64, tag = "2")]
+    pub start_ns: u64,
+    #[prost(fixed64, tag = "3")]
+    pub end_ns: u64,
+    #[prost(uint32, tag = "4")]
+    pub span_count: u32,
+    #[prost(uint32, tag = "5")]
+    pub trace_count: u32,
+}
+
+/// One trace's part of one batch, as the trace index keeps it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TraceMeta {
     #[prost(fixed64, tag = "1")]
     pub start_ns: u64,
     #[prost(fixed64, tag = "2")]
     pub end_ns: u64,
     #[prost(uint32, tag = "3")]
     pub span_count: u32,
-    /// Set when the entry holds the trace's root span.
+    /// Set when this part holds the trace's root span.
     #[prost(message, optional, tag = "4")]
     pub root: Option<RootInfo>,
 }
@@ -40,147 +58,122 @@ pub struct RootInfo {
     pub start_ns: u64,
 }
 
-/// One trace's part of a write, ready to store.
-pub struct Entry {
-    pub trace_id: TraceId,
-    pub meta: EntryMeta,
+/// A write, ready to store.
+pub struct EncodedBatch {
+    pub meta: BatchMeta,
     pub value: Vec<u8>,
-}
-
-/// The spans of one write, split by trace.
-pub struct Split {
-    pub traces: Vec<(TraceId, Vec<ResourceSpans>)>,
+    pub traces: Vec<(TraceId, TraceMeta)>,
     pub rejected_spans: u64,
     pub rejection: String,
 }
 
-/// Splits a batch by trace id. Spans whose trace id is not 16 bytes, or all zeros, are rejected
-/// (counted and described, never stored).
-pub fn split_by_trace(batch: Vec<ResourceSpans>) -> Split {
-    let mut index: HashMap<TraceId, usize> = HashMap::new();
-    // Per trace: its resource spans, and which (resource, scope) of the input the last ones are.
-    let mut traces: Vec<(TraceId, Vec<ResourceSpans>, (usize, usize))> = Vec::new();
-    let mut rejected_spans = 0u64;
-    let mut rejection = String::new();
-    for (ri, rs) in batch.into_iter().enumerate() {
-        let ResourceSpans {
-            resource,
-            scope_spans,
-            schema_url,
-        } = rs;
-        for (si, ss) in scope_spans.into_iter().enumerate() {
-            let ScopeSpans {
-                scope,
-                spans,
-                schema_url: scope_schema,
-            } = ss;
-            for span in spans {
-                let id = match TraceId::from_slice(&span.trace_id) {
-                    Ok(id) if !id.is_zero() => id,
-                    Ok(_) => {
-                        rejected_spans += 1;
-                        if rejection.is_empty() {
-                            rejection = format!("span {:?} has an all-zero trace id", span.name);
-                        }
-                        continue;
+/// Removes spans whose trace id is not 16 bytes or is all zeros, returning how many and why.
+pub fn reject_invalid(batch: &mut Vec<ResourceSpans>) -> (u64, String) {
+    let mut rejected = 0u64;
+    let mut why = String::new();
+    for rs in batch.iter_mut() {
+        for ss in rs.scope_spans.iter_mut() {
+            ss.spans.retain(|span| {
+                let problem = match TraceId::from_slice(&span.trace_id) {
+                    Ok(id) if id.is_zero() => {
+                        format!("span {:?} has an all-zero trace id", span.name)
                     }
-                    Err(e) => {
-                        rejected_spans += 1;
-                        if rejection.is_empty() {
-                            rejection = format!("span {:?}: {e}", span.name);
-                        }
-                        continue;
-                    }
+                    Ok(_) => return true,
+                    Err(e) => format!("span {:?}: {e}", span.name),
                 };
-                let slot = *index.entry(id).or_insert_with(|| {
-                    traces.push((id, Vec::new(), (usize::MAX, usize::MAX)));
-                    traces.len() - 1
-                });
-                let (_, out, last) = &mut traces[slot];
-                if last.0 != ri {
-                    out.push(ResourceSpans {
-                        resource: resource.clone(),
-                        scope_spans: Vec::new(),
-                        schema_url: schema_url.clone(),
-                    });
+                rejected += 1;
+                if why.is_empty() {
+                    why = problem;
                 }
-                let Some(rs_out) = out.last_mut() else {
-                    continue;
-                };
-                if *last != (ri, si) {
-                    rs_out.scope_spans.push(ScopeSpans {
-                        scope: scope.clone(),
-                        spans: Vec::new(),
-                        schema_url: scope_schema.clone(),
-                    });
-                }
-                *last = (ri, si);
-                if let Some(ss_out) = rs_out.scope_spans.last_mut() {
-                    ss_out.spans.push(span);
-                }
-            }
+                false
+            });
         }
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
     }
-    Split {
-        traces: traces.into_iter().map(|(id, rs, _)| (id, rs)).collect(),
-        rejected_spans,
-        rejection,
-    }
+    batch.retain(|rs| !rs.scope_spans.is_empty());
+    (rejected, why)
 }
 
-/// Builds an entry: header + zstd(protobuf).
-pub fn encode_entry(
-    trace_id: TraceId,
-    resource_spans: Vec<ResourceSpans>,
+/// Builds the stored form of a write. Invalid spans are removed and counted first.
+pub fn encode_batch(
+    mut batch: Vec<ResourceSpans>,
+    arrival_ns: u64,
     level: i32,
-) -> Result<Entry, StoreError> {
-    let mut meta = EntryMeta {
+) -> Result<EncodedBatch, StoreError> {
+    let (rejected_spans, rejection) = reject_invalid(&mut batch);
+    let mut index: HashMap<TraceId, usize> = HashMap::new();
+    let mut traces: Vec<(TraceId, TraceMeta)> = Vec::new();
+    let mut meta = BatchMeta {
+        arrival_ns,
         start_ns: u64::MAX,
         end_ns: 0,
         span_count: 0,
-        root: None,
+        trace_count: 0,
     };
-    for rs in &resource_spans {
+    for rs in &batch {
         for ss in &rs.scope_spans {
             for span in &ss.spans {
+                let Ok(id) = TraceId::from_slice(&span.trace_id) else {
+                    continue;
+                };
+                let slot = *index.entry(id).or_insert_with(|| {
+                    traces.push((
+                        id,
+                        TraceMeta {
+                            start_ns: u64::MAX,
+                            end_ns: 0,
+                            span_count: 0,
+                            root: None,
+                        },
+                    ));
+                    traces.len() - 1
+                });
+                let t = &mut traces[slot].1;
+                t.span_count += 1;
+                t.start_ns = t.start_ns.min(span.start_time_unix_nano);
+                t.end_ns = t.end_ns.max(span.end_time_unix_nano);
+                if is_root(&span.parent_span_id)
+                    && t.root
+                        .as_ref()
+                        .is_none_or(|r| span.start_time_unix_nano < r.start_ns)
+                {
+                    t.root = Some(RootInfo {
+                        service: attr::service_name(rs.resource.as_ref()).to_string(),
+                        name: span.name.clone(),
+                        start_ns: span.start_time_unix_nano,
+                    });
+                }
                 meta.span_count += 1;
                 meta.start_ns = meta.start_ns.min(span.start_time_unix_nano);
                 meta.end_ns = meta.end_ns.max(span.end_time_unix_nano);
-                if is_root(&span.parent_span_id) {
-                    let earlier = meta
-                        .root
-                        .as_ref()
-                        .is_none_or(|r| span.start_time_unix_nano < r.start_ns);
-                    if earlier {
-                        meta.root = Some(RootInfo {
-                            service: attr::service_name(rs.resource.as_ref()).to_string(),
-                            name: span.name.clone(),
-                            start_ns: span.start_time_unix_nano,
-                        });
-                    }
-                }
             }
         }
     }
     if meta.span_count == 0 {
         meta.start_ns = 0;
     }
-    let payload = TracesData { resource_spans }.encode_to_vec();
+    meta.trace_count = traces.len() as u32;
+    let payload = TracesData {
+        resource_spans: batch,
+    }
+    .encode_to_vec();
     let compressed = compress(&payload, level)?;
     let meta_bytes = meta.encode_length_delimited_to_vec();
     let mut value = Vec::with_capacity(1 + meta_bytes.len() + compressed.len());
     value.push(FORMAT_V1);
     value.extend_from_slice(&meta_bytes);
     value.extend_from_slice(&compressed);
-    Ok(Entry {
-        trace_id,
+    Ok(EncodedBatch {
         meta,
         value,
+        traces,
+        rejected_spans,
+        rejection,
     })
 }
 
 thread_local! {
-    /// One zstd context per thread: creating one per entry costs more than compressing it.
+    /// One zstd context per thread: creating one per batch costs more than it should.
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -205,35 +198,31 @@ pub fn is_root(parent_span_id: &[u8]) -> bool {
 
 fn corrupt(key: &[u8], problem: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
-        key: hex_key(key),
+        key: key.iter().map(|b| format!("{b:02x}")).collect(),
         problem: problem.into(),
     }
 }
 
-fn hex_key(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads an entry's header and returns it with the rest (the compressed payload).
-pub fn decode_meta<'a>(key: &[u8], value: &'a [u8]) -> Result<(EntryMeta, &'a [u8]), StoreError> {
+/// Reads a batch's header and returns it with the rest (the compressed payload).
+pub fn decode_meta<'a>(key: &[u8], value: &'a [u8]) -> Result<(BatchMeta, &'a [u8]), StoreError> {
     let Some((&version, rest)) = value.split_first() else {
-        return Err(corrupt(key, "empty entry"));
+        return Err(corrupt(key, "empty batch"));
     };
     if version != FORMAT_V1 {
-        return Err(corrupt(key, format!("unknown entry format {version}")));
+        return Err(corrupt(key, format!("unknown batch format {version}")));
     }
     let mut cursor = rest;
     let len = prost::encoding::decode_varint(&mut cursor)
         .map_err(|e| corrupt(key, format!("bad header length: {e}")))? as usize;
     if len > cursor.len() {
-        return Err(corrupt(key, "header longer than the entry"));
+        return Err(corrupt(key, "header longer than the batch"));
     }
     let meta =
-        EntryMeta::decode(&cursor[..len]).map_err(|e| corrupt(key, format!("bad header: {e}")))?;
+        BatchMeta::decode(&cursor[..len]).map_err(|e| corrupt(key, format!("bad header: {e}")))?;
     Ok((meta, &cursor[len..]))
 }
 
-/// Decompresses and decodes an entry's spans.
+/// Decompresses and decodes a batch's spans.
 pub fn decode_payload(key: &[u8], payload: &[u8]) -> Result<Vec<ResourceSpans>, StoreError> {
     let bytes = zstd::stream::decode_all(payload)
         .map_err(|e| corrupt(key, format!("bad compression: {e}")))?;
@@ -242,7 +231,43 @@ pub fn decode_payload(key: &[u8], payload: &[u8]) -> Result<Vec<ResourceSpans>, 
     Ok(data.resource_spans)
 }
 
-/// Merges the entries of one trace: identical resources and scopes are joined, and a span stored
+/// Decodes a trace index value.
+pub fn decode_trace_meta(key: &[u8], value: &[u8]) -> Result<TraceMeta, StoreError> {
+    TraceMeta::decode(value).map_err(|e| corrupt(key, format!("bad trace index entry: {e}")))
+}
+
+/// The spans of one trace in a batch, with their resources and scopes.
+pub fn extract_trace(batch: &[ResourceSpans], id: &TraceId) -> Vec<ResourceSpans> {
+    let mut out = Vec::new();
+    for rs in batch {
+        let mut scope_spans = Vec::new();
+        for ss in &rs.scope_spans {
+            let spans: Vec<_> = ss
+                .spans
+                .iter()
+                .filter(|s| s.trace_id.as_slice() == id.as_bytes())
+                .cloned()
+                .collect();
+            if !spans.is_empty() {
+                scope_spans.push(sextant_otlp_proto::proto::ScopeSpans {
+                    scope: ss.scope.clone(),
+                    spans,
+                    schema_url: ss.schema_url.clone(),
+                });
+            }
+        }
+        if !scope_spans.is_empty() {
+            out.push(ResourceSpans {
+                resource: rs.resource.clone(),
+                scope_spans,
+                schema_url: rs.schema_url.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Merges the parts of one trace: identical resources and scopes are joined, and a span stored
 /// twice (a client retry) appears once.
 pub fn merge(parts: Vec<Vec<ResourceSpans>>) -> Vec<ResourceSpans> {
     let mut out: Vec<ResourceSpans> = Vec::new();
@@ -291,7 +316,7 @@ pub fn merge(parts: Vec<Vec<ResourceSpans>>) -> Vec<ResourceSpans> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sextant_otlp_proto::proto::{Resource, Span};
+    use sextant_otlp_proto::proto::{Resource, ScopeSpans, Span};
 
     fn span(trace: u8, id: u8, parent: u8) -> Span {
         Span {
@@ -320,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn split_groups_by_trace_and_rejects_bad_ids() {
+    fn batches_index_their_traces_and_reject_bad_ids() {
         let mut bad = span(3, 9, 0);
         bad.trace_id = vec![1, 2, 3];
         let zero = span(0, 8, 0);
@@ -328,40 +353,40 @@ mod tests {
             rs("a", vec![span(1, 1, 0), span(2, 2, 0), bad, zero]),
             rs("b", vec![span(1, 3, 1)]),
         ];
-        let split = split_by_trace(batch);
-        assert_eq!(split.rejected_spans, 2);
-        assert!(split.rejection.contains("3 bytes"), "{}", split.rejection);
-        assert_eq!(split.traces.len(), 2);
-        let (id, t1) = &split.traces[0];
+        let enc = encode_batch(batch, 5, 3).unwrap();
+        assert_eq!(enc.rejected_spans, 2);
+        assert!(enc.rejection.contains("3 bytes"), "{}", enc.rejection);
+        assert_eq!(enc.meta.span_count, 3);
+        assert_eq!(enc.meta.trace_count, 2);
+        assert_eq!(enc.meta.start_ns, 1001);
+        assert_eq!(enc.meta.end_ns, 2003);
+        let (id, t1) = &enc.traces[0];
         assert_eq!(*id, TraceId([1; 16]));
-        assert_eq!(t1.len(), 2, "two resources");
-        assert_eq!(sextant_otlp_proto::span_count(t1), 2);
+        assert_eq!(t1.span_count, 2);
+        assert_eq!(t1.root.as_ref().unwrap().service, "a");
+        assert_eq!(t1.root.as_ref().unwrap().name, "op1");
+        assert!(enc.traces[1].1.root.is_some());
+
+        let (meta, payload) = decode_meta(b"k", &enc.value).unwrap();
+        assert_eq!(meta, enc.meta);
+        let back = decode_payload(b"k", payload).unwrap();
+        assert_eq!(sextant_otlp_proto::span_count(&back), 3);
+        let t = extract_trace(&back, &TraceId([1; 16]));
+        assert_eq!(t.len(), 2, "two resources");
+        assert_eq!(sextant_otlp_proto::span_count(&t), 2);
     }
 
     #[test]
-    fn entries_round_trip_and_merge_dedupes() {
-        let parts = split_by_trace(vec![rs("a", vec![span(1, 1, 0), span(1, 2, 1)])]);
-        let (id, spans) = parts.traces.into_iter().next().unwrap();
-        let entry = encode_entry(id, spans.clone(), 3).unwrap();
-        assert_eq!(entry.meta.span_count, 2);
-        assert_eq!(entry.meta.root.as_ref().unwrap().service, "a");
-        assert_eq!(entry.meta.start_ns, 1001);
-        let (meta, payload) = decode_meta(b"k", &entry.value).unwrap();
-        assert_eq!(meta, entry.meta);
-        let back = decode_payload(b"k", payload).unwrap();
-        assert_eq!(back, spans);
-        // The same spans twice (a retry) plus a late span from the same resource: merged.
-        let late = split_by_trace(vec![rs("a", vec![span(1, 3, 2)])])
-            .traces
-            .remove(0)
-            .1;
-        let merged = merge(vec![back.clone(), back, late]);
+    fn merge_joins_resources_and_dedupes_retries() {
+        let a = vec![rs("a", vec![span(1, 1, 0), span(1, 2, 1)])];
+        let late = vec![rs("a", vec![span(1, 3, 2)])];
+        let merged = merge(vec![a.clone(), a, late]);
         assert_eq!(merged.len(), 1);
         assert_eq!(sextant_otlp_proto::span_count(&merged), 3);
     }
 
     #[test]
-    fn corrupt_entries_are_reported() {
+    fn corrupt_batches_are_reported() {
         assert!(matches!(
             decode_meta(b"k", &[]),
             Err(StoreError::Corrupt { .. })

@@ -1,10 +1,10 @@
 //! The sled-backed store.
 //!
 //! Trees:
-//! * `entries`: `trace id (16) ++ seq (8, big-endian)` -> entry (see `encode`). A trace's
-//!   entries are adjacent, so trace by id is one prefix scan however many writes it came in.
-//! * `by_start`: `entry start ns (8) ++ trace id (16) ++ seq (8)` -> empty: the time index that
-//!   search walks newest first.
+//! * `batches`: `seq (8, big-endian)` -> one whole write: a header (arrival time, time range,
+//!   counts) and the zstd-compressed protobuf `TracesData`. Keys only grow, so writes append.
+//! * `traces`: `trace id (16) ++ seq (8)` -> the trace's part of that batch (time range, span
+//!   count, root span). A trace is one prefix scan however many writes it came in.
 //! * `tags`: `scope (1) ++ key ++ 0x00 ++ type (1) ++ value` -> empty: tag names and values,
 //!   mirrored in memory; each key keeps at most [`MAX_VALUES_PER_TAG`] values.
 //!
@@ -21,21 +21,25 @@ use std::thread;
 
 use parking_lot::Mutex;
 use sextant_otlp_proto::attr;
-use sextant_otlp_proto::proto::{any_value::Value, KeyValue, ResourceSpans};
+use sextant_otlp_proto::proto::{any_value::Value, KeyValue, Resource, ResourceSpans, Span};
 use sextant_otlp_proto::{SpanId, TraceId};
 use tokio::sync::oneshot;
 
-use crate::encode::{self, Entry};
+use crate::encode;
 use crate::error::StoreError;
 use crate::types::*;
 use crate::{BoxFuture, SpanWriter, TraceReader};
+use prost::Message as _;
 
 /// Each attribute key records at most this many distinct values for autocomplete.
 pub const MAX_VALUES_PER_TAG: usize = 1000;
 /// Values longer than this are not recorded for autocomplete.
 pub const MAX_TAG_VALUE_LEN: usize = 256;
-/// How far before a search window's start an entry may begin and still overlap it.
-pub const MAX_ENTRY_SPAN_NS: u64 = 3600 * 1_000_000_000;
+/// Clock skew allowed between senders and this process: a search stops at batches that
+/// arrived this long before its window begins.
+pub const MAX_CLOCK_SKEW_NS: u64 = 300 * 1_000_000_000;
+/// Decoded batches kept during one read.
+const BATCH_CACHE: usize = 64;
 /// At most this many writes share one fsync.
 const MAX_GROUP: usize = 512;
 
@@ -68,8 +72,8 @@ pub struct SledStore {
 
 struct Inner {
     db: sled::Db,
-    entries: sled::Tree,
-    by_start: sled::Tree,
+    batches: sled::Tree,
+    traces: sled::Tree,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
     tags: Mutex<TagIndex>,
@@ -80,7 +84,9 @@ struct Inner {
 }
 
 struct Job {
-    entries: Vec<Entry>,
+    /// The encoded batch; empty when the write held only new tags.
+    batch: Vec<u8>,
+    traces: Vec<(TraceId, Vec<u8>)>,
     tags: Vec<Vec<u8>>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -214,8 +220,8 @@ impl SledStore {
             .cache_capacity(config.cache_capacity)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let entries = db.open_tree("entries")?;
-        let by_start = db.open_tree("by_start")?;
+        let batches = db.open_tree("batches")?;
+        let traces = db.open_tree("traces")?;
         let tags_tree = db.open_tree("tags")?;
         let mut tags = TagIndex::default();
         for item in tags_tree.iter() {
@@ -231,20 +237,18 @@ impl SledStore {
         let writes = Arc::new(AtomicU64::new(0));
         let flushes = Arc::new(AtomicU64::new(0));
         let writer = {
-            let (db, entries, by_start) = (db.clone(), entries.clone(), by_start.clone());
+            let trees = (db.clone(), batches.clone(), traces.clone(), tags_tree);
             let (writes, flushes) = (writes.clone(), flushes.clone());
             thread::Builder::new()
                 .name("sextant-store-writer".into())
-                .spawn(move || {
-                    writer_loop(rx, db, entries, by_start, tags_tree, &writes, &flushes)
-                })?
+                .spawn(move || writer_loop(rx, trees, &writes, &flushes))?
         };
         tracing::info!(path = %config.path.display(), "store opened");
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                entries,
-                by_start,
+                batches,
+                traces,
                 jobs: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 tags: Mutex::new(tags),
@@ -267,7 +271,7 @@ impl SledStore {
         Ok(())
     }
 
-    /// The directory the store lives in, and its size on disk.
+    /// The store's size on disk, as sled counts it.
     pub fn size_on_disk(&self) -> u64 {
         self.inner.db.size_on_disk().unwrap_or(0)
     }
@@ -289,28 +293,36 @@ impl SledStore {
                 }
             }
         }
-        let split = encode::split_by_trace(batch);
-        let mut accepted = 0u64;
-        let mut entries = Vec::with_capacity(split.traces.len());
-        for (id, trace) in split.traces {
-            let entry = encode::encode_entry(id, trace, self.inner.level)?;
-            accepted += entry.meta.span_count as u64;
-            entries.push(entry);
-        }
+        let arrival_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let encoded = encode::encode_batch(batch, arrival_ns, self.inner.level)?;
+        let accepted = encoded.meta.span_count as u64;
         let receipt = WriteReceipt {
             accepted_spans: accepted,
-            rejected_spans: split.rejected_spans,
-            rejection: split.rejection,
+            rejected_spans: encoded.rejected_spans,
+            rejection: encoded.rejection,
         };
-        if entries.is_empty() && new_tags.is_empty() {
+        if accepted == 0 && new_tags.is_empty() {
             return Ok(receipt);
         }
+        let traces = encoded
+            .traces
+            .into_iter()
+            .map(|(id, meta)| (id, meta.encode_to_vec()))
+            .collect();
         let (done, wait) = oneshot::channel();
         {
             let jobs = self.inner.jobs.lock();
             let tx = jobs.as_ref().ok_or(StoreError::Closed)?;
             tx.send(Job {
-                entries,
+                batch: if accepted == 0 {
+                    Vec::new()
+                } else {
+                    encoded.value
+                },
+                traces,
                 tags: new_tags,
                 done,
             })
@@ -323,40 +335,90 @@ impl SledStore {
         Ok(receipt)
     }
 
-    fn load_trace(
-        &self,
-        id: &TraceId,
-    ) -> Result<Vec<(encode::EntryMeta, sled::IVec, sled::IVec)>, StoreError> {
+    /// The trace index entries of a trace: (batch key, part).
+    fn trace_parts(&self, id: &TraceId) -> Result<Vec<([u8; 8], encode::TraceMeta)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.entries.scan_prefix(id.as_bytes()) {
+        for item in self.inner.traces.scan_prefix(id.as_bytes()) {
             let (k, v) = item?;
-            let (meta, _) = encode::decode_meta(&k, &v)?;
-            out.push((meta, k, v));
+            let Some(seq) = k.get(16..24).and_then(|s| <[u8; 8]>::try_from(s).ok()) else {
+                continue;
+            };
+            out.push((seq, encode::decode_trace_meta(&k, &v)?));
         }
         Ok(out)
     }
 
-    fn decode_all(
-        parts: &[(encode::EntryMeta, sled::IVec, sled::IVec)],
-    ) -> Result<Vec<ResourceSpans>, StoreError> {
-        let mut decoded = Vec::with_capacity(parts.len());
-        for (_, k, v) in parts {
-            let (_, payload) = encode::decode_meta(k, v)?;
-            decoded.push(encode::decode_payload(k, payload)?);
+    /// A whole batch, decoded, through the cache.
+    fn batch(
+        &self,
+        seq: [u8; 8],
+        cache: &mut BatchCache,
+    ) -> Result<Arc<Vec<ResourceSpans>>, StoreError> {
+        if let Some(b) = cache.get(&seq) {
+            return Ok(b.clone());
         }
-        Ok(encode::merge(decoded))
+        let value = self
+            .inner
+            .batches
+            .get(seq)?
+            .ok_or_else(|| StoreError::Corrupt {
+                key: seq.iter().map(|b| format!("{b:02x}")).collect(),
+                problem: "the trace index points at a batch that is not stored".into(),
+            })?;
+        cache.bytes_read += value.len() as u64;
+        let (_, payload) = encode::decode_meta(&seq, &value)?;
+        let decoded = Arc::new(encode::decode_payload(&seq, payload)?);
+        cache.put(seq, decoded.clone());
+        Ok(decoded)
+    }
+
+    /// Every span of a trace, from every batch it is in.
+    fn read_trace(
+        &self,
+        id: &TraceId,
+        parts: &[([u8; 8], encode::TraceMeta)],
+        cache: &mut BatchCache,
+    ) -> Result<Vec<ResourceSpans>, StoreError> {
+        let mut pieces = Vec::with_capacity(parts.len());
+        for (seq, _) in parts {
+            let batch = self.batch(*seq, cache)?;
+            pieces.push(encode::extract_trace(&batch, id));
+        }
+        Ok(encode::merge(pieces))
     }
 }
 
-fn writer_loop(
-    rx: mpsc::Receiver<Job>,
-    db: sled::Db,
-    entries: sled::Tree,
-    by_start: sled::Tree,
-    tags: sled::Tree,
-    writes: &AtomicU64,
-    flushes: &AtomicU64,
-) {
+/// Decoded batches kept during one read.
+#[derive(Default)]
+struct BatchCache {
+    map: HashMap<[u8; 8], Arc<Vec<ResourceSpans>>>,
+    order: std::collections::VecDeque<[u8; 8]>,
+    bytes_read: u64,
+}
+
+impl BatchCache {
+    fn get(&self, seq: &[u8; 8]) -> Option<&Arc<Vec<ResourceSpans>>> {
+        self.map.get(seq)
+    }
+
+    fn put(&mut self, seq: [u8; 8], batch: Arc<Vec<ResourceSpans>>) {
+        if self.map.contains_key(&seq) {
+            return;
+        }
+        if self.order.len() >= BATCH_CACHE {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        self.order.push_back(seq);
+        self.map.insert(seq, batch);
+    }
+}
+
+type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree);
+
+fn writer_loop(rx: mpsc::Receiver<Job>, trees: Trees, writes: &AtomicU64, flushes: &AtomicU64) {
+    let (db, batches, traces, tags) = trees;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -367,16 +429,15 @@ fn writer_loop(
         }
         let result = (|| -> Result<(), StoreError> {
             for job in &group {
-                for entry in &job.entries {
-                    let seq = db.generate_id()?;
-                    let mut key = [0u8; 24];
-                    key[..16].copy_from_slice(entry.trace_id.as_bytes());
-                    key[16..].copy_from_slice(&seq.to_be_bytes());
-                    entries.insert(key, entry.value.as_slice())?;
-                    let mut tkey = [0u8; 32];
-                    tkey[..8].copy_from_slice(&entry.meta.start_ns.to_be_bytes());
-                    tkey[8..].copy_from_slice(&key);
-                    by_start.insert(tkey, &[])?;
+                if !job.batch.is_empty() {
+                    let seq = db.generate_id()?.to_be_bytes();
+                    batches.insert(seq, job.batch.as_slice())?;
+                    for (id, meta) in &job.traces {
+                        let mut key = [0u8; 24];
+                        key[..16].copy_from_slice(id.as_bytes());
+                        key[16..].copy_from_slice(&seq);
+                        traces.insert(key, meta.as_slice())?;
+                    }
                 }
                 for t in &job.tags {
                     tags.insert(t.as_slice(), &[])?;
@@ -415,57 +476,77 @@ impl TraceReader for SledStore {
         id: TraceId,
         window: TimeWindow,
     ) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
-        let parts = self.load_trace(&id)?;
+        let parts = self.trace_parts(&id)?;
         if parts.is_empty()
             || !parts
                 .iter()
-                .any(|(m, _, _)| window.overlaps(m.start_ns, m.end_ns))
+                .any(|(_, m)| window.overlaps(m.start_ns, m.end_ns))
         {
             return Ok(None);
         }
-        Ok(Some(Self::decode_all(&parts)?))
+        let mut cache = BatchCache::default();
+        Ok(Some(self.read_trace(&id, &parts, &mut cache)?))
     }
 
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError> {
-        let lo = query
-            .window
-            .start_ns
-            .unwrap_or(0)
-            .saturating_sub(MAX_ENTRY_SPAN_NS);
-        let hi = query.window.end_ns.unwrap_or(u64::MAX);
         let mut result = SearchResult::default();
         let mut seen: HashSet<TraceId> = HashSet::new();
+        let mut cache = BatchCache::default();
         let limit = query.limit.max(1);
-        let mut upper = [0xffu8; 32];
-        upper[..8].copy_from_slice(&hi.to_be_bytes());
-        let range = self
-            .inner
-            .by_start
-            .range(lo.to_be_bytes().to_vec()..=upper.to_vec());
-        for item in range.rev() {
-            let (k, _) = item?;
-            if k.len() != 32 {
-                continue;
-            }
-            let Ok(id) = TraceId::from_slice(&k[8..24]) else {
+        let stop_before = query
+            .window
+            .start_ns
+            .map(|s| s.saturating_sub(MAX_CLOCK_SKEW_NS));
+        'batches: for item in self.inner.batches.iter().rev() {
+            let (k, v) = item?;
+            let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
                 continue;
             };
-            if !seen.insert(id) {
+            let (meta, payload) = encode::decode_meta(&k, &v)?;
+            if stop_before.is_some_and(|s| meta.arrival_ns < s) {
+                break;
+            }
+            if !query.window.overlaps(meta.start_ns, meta.end_ns) {
                 continue;
             }
-            let parts = self.load_trace(&id)?;
-            let start = parts.iter().map(|p| p.0.start_ns).min().unwrap_or(0);
-            let end = parts.iter().map(|p| p.0.end_ns).max().unwrap_or(0);
-            if !query.window.overlaps(start, end) {
-                continue;
+            result.inspected_bytes += v.len() as u64;
+            result.inspected_traces += meta.trace_count as u64;
+            let batch = Arc::new(encode::decode_payload(&k, payload)?);
+            cache.put(seq, batch.clone());
+            // The traces of this batch with a matching span, newest first.
+            let mut candidates: Vec<(u64, TraceId)> = Vec::new();
+            let mut in_batch: HashSet<TraceId> = HashSet::new();
+            for rs in batch.iter() {
+                for ss in &rs.scope_spans {
+                    for span in &ss.spans {
+                        let Ok(id) = TraceId::from_slice(&span.trace_id) else {
+                            continue;
+                        };
+                        if seen.contains(&id) || in_batch.contains(&id) {
+                            continue;
+                        }
+                        if span_matches(span, rs.resource.as_ref(), query) {
+                            in_batch.insert(id);
+                            candidates.push((span.start_time_unix_nano, id));
+                        }
+                    }
+                }
             }
-            result.inspected_traces += 1;
-            result.inspected_bytes += parts.iter().map(|p| p.2.len() as u64).sum::<u64>();
-            let spans = Self::decode_all(&parts)?;
-            if let Some(hit) = evaluate(id, &spans, query) {
-                result.traces.push(hit);
-                if result.traces.len() >= limit {
-                    break;
+            candidates.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+            for (_, id) in candidates {
+                seen.insert(id);
+                let parts = self.trace_parts(&id)?;
+                let start = parts.iter().map(|p| p.1.start_ns).min().unwrap_or(0);
+                let end = parts.iter().map(|p| p.1.end_ns).max().unwrap_or(0);
+                if !query.window.overlaps(start, end) {
+                    continue;
+                }
+                let spans = self.read_trace(&id, &parts, &mut cache)?;
+                if let Some(hit) = evaluate(id, &spans, query) {
+                    result.traces.push(hit);
+                    if result.traces.len() >= limit {
+                        break 'batches;
+                    }
                 }
             }
         }
@@ -511,7 +592,23 @@ impl TraceReader for SledStore {
     }
 }
 
-/// Evaluates a search on one whole trace.
+/// Whether one span satisfies the duration bounds and every condition.
+fn span_matches(span: &Span, resource: Option<&Resource>, query: &SearchQuery) -> bool {
+    let duration = span
+        .end_time_unix_nano
+        .saturating_sub(span.start_time_unix_nano) as u128;
+    if query.min_duration.is_some_and(|d| duration < d.as_nanos())
+        || query.max_duration.is_some_and(|d| duration > d.as_nanos())
+    {
+        return false;
+    }
+    query
+        .conditions
+        .iter()
+        .all(|c| c.matches(span, resource).is_some())
+}
+
+/// Evaluates a search on one whole trace: its summary and the spans that match.
 fn evaluate(id: TraceId, trace: &[ResourceSpans], query: &SearchQuery) -> Option<TraceHit> {
     let mut summary = TraceSummary {
         start_ns: u64::MAX,
@@ -532,42 +629,25 @@ fn evaluate(id: TraceId, trace: &[ResourceSpans], query: &SearchQuery) -> Option
                     summary.root_service = attr::service_name(rs.resource.as_ref()).to_string();
                     summary.root_name = span.name.clone();
                 }
-                let duration = span
-                    .end_time_unix_nano
-                    .saturating_sub(span.start_time_unix_nano);
-                if query
-                    .min_duration
-                    .is_some_and(|d| (duration as u128) < d.as_nanos())
-                    || query
-                        .max_duration
-                        .is_some_and(|d| (duration as u128) > d.as_nanos())
-                {
+                if !span_matches(span, rs.resource.as_ref(), query) {
                     continue;
                 }
-                let mut attrs = Vec::new();
-                let all =
-                    query
+                matched += 1;
+                if matched_spans.len() < query.spans_per_trace {
+                    let attributes = query
                         .conditions
                         .iter()
-                        .all(|c| match c.matches(span, rs.resource.as_ref()) {
-                            Some(Some(kv)) => {
-                                attrs.push(kv);
-                                true
-                            }
-                            Some(None) => true,
-                            None => false,
-                        });
-                if all {
-                    matched += 1;
-                    if matched_spans.len() < query.spans_per_trace {
-                        matched_spans.push(MatchedSpan {
-                            span_id: SpanId::from_slice(&span.span_id).unwrap_or_default(),
-                            name: span.name.clone(),
-                            start_ns: span.start_time_unix_nano,
-                            duration_ns: duration,
-                            attributes: attrs,
-                        });
-                    }
+                        .filter_map(|c| c.matches(span, rs.resource.as_ref()).flatten())
+                        .collect();
+                    matched_spans.push(MatchedSpan {
+                        span_id: SpanId::from_slice(&span.span_id).unwrap_or_default(),
+                        name: span.name.clone(),
+                        start_ns: span.start_time_unix_nano,
+                        duration_ns: span
+                            .end_time_unix_nano
+                            .saturating_sub(span.start_time_unix_nano),
+                        attributes,
+                    });
                 }
             }
         }
@@ -600,7 +680,7 @@ impl Drop for Inner {
     }
 }
 
-/// The data directory's files, for measuring bytes on disk.
+/// The size of a directory's files, recursively (for measuring bytes on disk).
 pub fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(path) {
