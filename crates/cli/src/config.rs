@@ -60,7 +60,7 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             cache_mib: 64,
-            compression_level: 3,
+            compression_level: 1,
         }
     }
 }

@@ -58,7 +58,7 @@ impl StoreConfig {
         Self {
             path: path.into(),
             cache_capacity: 64 * 1024 * 1024,
-            compression_level: 3,
+            compression_level: 1,
         }
     }
 }
