@@ -12,7 +12,7 @@ pub struct StoreExporter {
 impl Consumer for StoreExporter {
     fn consume(&self, batch: TraceBatch) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
         Box::pin(async move {
-            match self.writer.write(batch.resource_spans).await {
+            match self.writer.write(batch).await {
                 Ok(receipt) => Ok(ExportOutcome {
                     rejected_spans: receipt.rejected_spans,
                     message: receipt.rejection,

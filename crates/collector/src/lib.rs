@@ -23,27 +23,12 @@ pub use pipeline::Pipeline;
 use std::future::Future;
 use std::pin::Pin;
 
-use sextant_otlp_proto::proto::ResourceSpans;
-
 /// A boxed future, for object-safe async traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A batch of spans moving through the pipeline (decoded once, moved, never cloned).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct TraceBatch {
-    pub resource_spans: Vec<ResourceSpans>,
-    pub span_count: usize,
-}
-
-impl TraceBatch {
-    pub fn new(resource_spans: Vec<ResourceSpans>) -> Self {
-        let span_count = sextant_otlp_proto::span_count(&resource_spans);
-        Self {
-            resource_spans,
-            span_count,
-        }
-    }
-}
+/// A batch of spans moving through the pipeline: decoded once (or only validated, and kept
+/// encoded, when no stage needs to look inside), moved, never cloned.
+pub use sextant_otlp_proto::SpanBatch as TraceBatch;
 
 /// What the end of the pipeline made of a batch: how many spans it refused for good, and why
 /// (reported to the client as an OTLP partial success, which clients must not retry).

@@ -11,10 +11,13 @@
 //! This crate does no I/O.
 
 pub mod attr;
+pub mod batch;
 pub mod ids;
 pub mod json;
 pub mod rpc;
+pub mod wire;
 
+pub use batch::SpanBatch;
 pub use ids::{IdError, SpanId, TraceId};
 
 /// The OTLP types, re-exported under short names.

@@ -168,9 +168,15 @@ impl App {
             })],
         );
         // Two writes, so a trace by id also covers batches written apart.
-        let receipt = store.write(vec![a, b]).await.expect("write");
+        let receipt = store
+            .write(sextant_otlp_proto::SpanBatch::from_decoded(vec![a, b]))
+            .await
+            .expect("write");
         assert_eq!(receipt.accepted_spans, 3);
-        let receipt = store.write(vec![c]).await.expect("write");
+        let receipt = store
+            .write(sextant_otlp_proto::SpanBatch::from_decoded(vec![c]))
+            .await
+            .expect("write");
         assert_eq!(receipt.accepted_spans, 1);
 
         let state = QueryState::new(store, Arc::new(Registry::default()), "9.9.9-test");

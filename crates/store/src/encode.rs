@@ -5,14 +5,19 @@
 //! that repeated strings across the whole write compress together. Each trace in the write gets
 //! a small [`TraceMeta`] in the trace index, pointing at the batch.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
+use std::fmt::Write as _;
 
+use prost::bytes::Bytes;
 use prost::Message;
-use sextant_otlp_proto::attr;
 use sextant_otlp_proto::proto::{ResourceSpans, TracesData};
-use sextant_otlp_proto::TraceId;
+use sextant_otlp_proto::wire::{
+    scan_request, scan_validated, KeyValueRef, SpanRef, ValueRef, Visitor,
+};
+use sextant_otlp_proto::{SpanBatch, TraceId};
 
 use crate::error::StoreError;
+use crate::types::{TagScope, TagValue};
 
 const FORMAT_V1: u8 = 1;
 
@@ -63,9 +68,22 @@ pub struct EncodedBatch {
     pub meta: BatchMeta,
     pub value: Vec<u8>,
     pub traces: Vec<(TraceId, TraceMeta)>,
+    /// Tags the `known` check did not know.
+    pub new_tags: Vec<NewTag>,
     pub rejected_spans: u64,
     pub rejection: String,
 }
+
+/// A tag (and value) seen for the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTag {
+    pub scope: TagScope,
+    pub key: String,
+    pub value: Option<TagValue>,
+}
+
+/// Asks whether a tag, or a tag's value (type and text), is known already.
+pub type KnownTag<'k> = dyn Fn(TagScope, &str, Option<(&'static str, &str)>) -> bool + 'k;
 
 /// Removes spans whose trace id is not 16 bytes or is all zeros, returning how many and why.
 pub fn reject_invalid(batch: &mut Vec<ResourceSpans>) -> (u64, String) {
@@ -73,20 +91,17 @@ pub fn reject_invalid(batch: &mut Vec<ResourceSpans>) -> (u64, String) {
     let mut why = String::new();
     for rs in batch.iter_mut() {
         for ss in rs.scope_spans.iter_mut() {
-            ss.spans.retain(|span| {
-                let problem = match TraceId::from_slice(&span.trace_id) {
-                    Ok(id) if id.is_zero() => {
-                        format!("span {:?} has an all-zero trace id", span.name)
+            ss.spans
+                .retain(|span| match invalid_trace_id(&span.trace_id, &span.name) {
+                    None => true,
+                    Some(problem) => {
+                        rejected += 1;
+                        if why.is_empty() {
+                            why = problem;
+                        }
+                        false
                     }
-                    Ok(_) => return true,
-                    Err(e) => format!("span {:?}: {e}", span.name),
-                };
-                rejected += 1;
-                if why.is_empty() {
-                    why = problem;
-                }
-                false
-            });
+                });
         }
         rs.scope_spans.retain(|ss| !ss.spans.is_empty());
     }
@@ -94,70 +109,232 @@ pub fn reject_invalid(batch: &mut Vec<ResourceSpans>) -> (u64, String) {
     (rejected, why)
 }
 
-/// Builds the stored form of a write. Invalid spans are removed and counted first.
-pub fn encode_batch(
-    mut batch: Vec<ResourceSpans>,
-    arrival_ns: u64,
-    level: i32,
-) -> Result<EncodedBatch, StoreError> {
-    let (rejected_spans, rejection) = reject_invalid(&mut batch);
-    let mut index: HashMap<TraceId, usize> = HashMap::new();
-    let mut traces: Vec<(TraceId, TraceMeta)> = Vec::new();
-    let mut meta = BatchMeta {
-        arrival_ns,
-        start_ns: u64::MAX,
-        end_ns: 0,
-        span_count: 0,
-        trace_count: 0,
-    };
-    for rs in &batch {
-        for ss in &rs.scope_spans {
-            for span in &ss.spans {
-                let Ok(id) = TraceId::from_slice(&span.trace_id) else {
-                    continue;
-                };
-                let slot = *index.entry(id).or_insert_with(|| {
-                    traces.push((
-                        id,
-                        TraceMeta {
-                            start_ns: u64::MAX,
-                            end_ns: 0,
-                            span_count: 0,
-                            root: None,
-                        },
-                    ));
-                    traces.len() - 1
-                });
-                let t = &mut traces[slot].1;
-                t.span_count += 1;
-                t.start_ns = t.start_ns.min(span.start_time_unix_nano);
-                t.end_ns = t.end_ns.max(span.end_time_unix_nano);
-                if is_root(&span.parent_span_id)
-                    && t.root
-                        .as_ref()
-                        .is_none_or(|r| span.start_time_unix_nano < r.start_ns)
-                {
-                    t.root = Some(RootInfo {
-                        service: attr::service_name(rs.resource.as_ref()).to_string(),
-                        name: span.name.clone(),
-                        start_ns: span.start_time_unix_nano,
+fn invalid_trace_id(trace_id: &[u8], name: &str) -> Option<String> {
+    match TraceId::from_slice(trace_id) {
+        Ok(id) if id.is_zero() => Some(format!("span {name:?} has an all-zero trace id")),
+        Ok(_) => None,
+        Err(e) => Some(format!("span {name:?}: {e}")),
+    }
+}
+
+/// What a scan of the parts found.
+struct Index {
+    traces: Vec<(TraceId, TraceMeta)>,
+    new_tags: Vec<NewTag>,
+    spans: u32,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+/// The visitor that builds an [`Index`]; stops caring once a span has an invalid trace id.
+struct Indexer<'k> {
+    known: &'k KnownTag<'k>,
+    slots: FxHashMap<TraceId, usize>,
+    index: Index,
+    service: String,
+    invalid: bool,
+    buf: String,
+}
+
+impl Indexer<'_> {
+    fn observe(&mut self, scope: TagScope, kv: &KeyValueRef<'_>) {
+        let (type_name, text): (&'static str, &str) = match kv.value {
+            ValueRef::Str(s) => ("string", s),
+            ValueRef::Int(i) => {
+                self.buf.clear();
+                let _ = write!(self.buf, "{i}");
+                ("int", self.buf.as_str())
+            }
+            ValueRef::Double(d) => {
+                self.buf.clear();
+                let _ = write!(self.buf, "{d}");
+                ("float", self.buf.as_str())
+            }
+            ValueRef::Bool(b) => ("bool", if b { "true" } else { "false" }),
+            _ => {
+                if !(self.known)(scope, kv.key, None) {
+                    self.index.new_tags.push(NewTag {
+                        scope,
+                        key: kv.key.to_string(),
+                        value: None,
                     });
                 }
-                meta.span_count += 1;
-                meta.start_ns = meta.start_ns.min(span.start_time_unix_nano);
-                meta.end_ns = meta.end_ns.max(span.end_time_unix_nano);
+                return;
+            }
+        };
+        if !(self.known)(scope, kv.key, Some((type_name, text))) {
+            let value = Some(TagValue {
+                value: text.to_string(),
+                type_name: type_name.to_string(),
+            });
+            let tag = NewTag {
+                scope,
+                key: kv.key.to_string(),
+                value,
+            };
+            if !self.index.new_tags.contains(&tag) {
+                self.index.new_tags.push(tag);
             }
         }
     }
-    if meta.span_count == 0 {
-        meta.start_ns = 0;
+}
+
+impl<'a> Visitor<'a> for Indexer<'_> {
+    fn resource(&mut self, attributes: &[KeyValueRef<'a>]) {
+        self.service = attributes
+            .iter()
+            .find_map(|kv| match (kv.key, kv.value) {
+                ("service.name", ValueRef::Str(s)) => Some(s.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "unknown_service".to_string());
+        for kv in attributes {
+            self.observe(TagScope::Resource, kv);
+        }
     }
-    meta.trace_count = traces.len() as u32;
-    let payload = TracesData {
-        resource_spans: batch,
+
+    fn span(&mut self, span: &SpanRef<'a>) {
+        if self.invalid || invalid_trace_id(span.trace_id, span.name).is_some() {
+            self.invalid = true;
+            return;
+        }
+        let Ok(id) = TraceId::from_slice(span.trace_id) else {
+            return;
+        };
+        let traces = &mut self.index.traces;
+        let slot = *self.slots.entry(id).or_insert_with(|| {
+            traces.push((
+                id,
+                TraceMeta {
+                    start_ns: u64::MAX,
+                    end_ns: 0,
+                    span_count: 0,
+                    root: None,
+                },
+            ));
+            traces.len() - 1
+        });
+        let t = &mut traces[slot].1;
+        t.span_count += 1;
+        t.start_ns = t.start_ns.min(span.start_time_unix_nano);
+        t.end_ns = t.end_ns.max(span.end_time_unix_nano);
+        if is_root(span.parent_span_id)
+            && t.root
+                .as_ref()
+                .is_none_or(|r| span.start_time_unix_nano < r.start_ns)
+        {
+            t.root = Some(RootInfo {
+                service: self.service.clone(),
+                name: span.name.to_string(),
+                start_ns: span.start_time_unix_nano,
+            });
+        }
+        self.index.spans += 1;
+        self.index.start_ns = self.index.start_ns.min(span.start_time_unix_nano);
+        self.index.end_ns = self.index.end_ns.max(span.end_time_unix_nano);
+        for kv in &span.attributes {
+            self.observe(TagScope::Span, kv);
+        }
     }
-    .encode_to_vec();
-    let compressed = compress(&payload, level)?;
+}
+
+/// Scans every part; `None` when some span has an invalid trace id. Parts from `encoded` were
+/// validated by the receiver; `validated_parts` says how many of the first parts those are.
+fn index(
+    parts: &[Bytes],
+    validated_parts: usize,
+    known: &KnownTag<'_>,
+) -> Result<Option<Index>, StoreError> {
+    let mut ix = Indexer {
+        known,
+        slots: FxHashMap::default(),
+        index: Index {
+            traces: Vec::new(),
+            new_tags: Vec::new(),
+            spans: 0,
+            start_ns: u64::MAX,
+            end_ns: 0,
+        },
+        service: String::new(),
+        invalid: false,
+        buf: String::new(),
+    };
+    for (i, part) in parts.iter().enumerate() {
+        let scanned = if i < validated_parts {
+            scan_validated(part, &mut ix)
+        } else {
+            scan_request(part, &mut ix)
+        };
+        scanned.map_err(|e| StoreError::InvalidData(e.to_string()))?;
+        if ix.invalid {
+            return Ok(None);
+        }
+    }
+    Ok(Some(ix.index))
+}
+
+/// Builds the stored form of a write. Encoded parts are stored as they came (they are one
+/// valid `TracesData` when concatenated); decoded parts are encoded once. Spans with an invalid
+/// trace id are removed and counted (this decodes the batch, which well-behaved clients never
+/// cause).
+pub fn encode_batch(
+    batch: SpanBatch,
+    arrival_ns: u64,
+    level: i32,
+    known: &KnownTag<'_>,
+) -> Result<EncodedBatch, StoreError> {
+    let mut rejected_spans = 0;
+    let mut rejection = String::new();
+    let mut parts = batch.encoded;
+    let validated = parts.len();
+    if !batch.decoded.is_empty() {
+        parts.push(Bytes::from(
+            TracesData {
+                resource_spans: batch.decoded,
+            }
+            .encode_to_vec(),
+        ));
+    }
+    let index = match index(&parts, validated, known)? {
+        Some(ix) => ix,
+        None => {
+            let mut all = SpanBatch {
+                encoded: std::mem::take(&mut parts),
+                ..Default::default()
+            };
+            let spans = std::mem::take(
+                all.decode()
+                    .map_err(|e| StoreError::InvalidData(format!("invalid protobuf: {e}")))?,
+            );
+            let mut spans = spans;
+            (rejected_spans, rejection) = reject_invalid(&mut spans);
+            parts = vec![Bytes::from(
+                TracesData {
+                    resource_spans: spans,
+                }
+                .encode_to_vec(),
+            )];
+            index(&parts, 0, known)?
+                .ok_or_else(|| StoreError::InvalidData("invalid trace ids remain".into()))?
+        }
+    };
+    let meta = BatchMeta {
+        arrival_ns,
+        start_ns: if index.spans == 0 { 0 } else { index.start_ns },
+        end_ns: index.end_ns,
+        span_count: index.spans,
+        trace_count: index.traces.len() as u32,
+    };
+    let total: usize = parts.iter().map(Bytes::len).sum();
+    let compressed = if parts.len() == 1 {
+        compress(&parts[0], level)?
+    } else {
+        let mut payload = Vec::with_capacity(total);
+        for p in &parts {
+            payload.extend_from_slice(p);
+        }
+        compress(&payload, level)?
+    };
     let meta_bytes = meta.encode_length_delimited_to_vec();
     let mut value = Vec::with_capacity(1 + meta_bytes.len() + compressed.len());
     value.push(FORMAT_V1);
@@ -166,7 +343,8 @@ pub fn encode_batch(
     Ok(EncodedBatch {
         meta,
         value,
-        traces,
+        traces: index.traces,
+        new_tags: index.new_tags,
         rejected_spans,
         rejection,
     })
@@ -316,7 +494,39 @@ pub fn merge(parts: Vec<Vec<ResourceSpans>>) -> Vec<ResourceSpans> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sextant_otlp_proto::attr;
     use sextant_otlp_proto::proto::{Resource, ScopeSpans, Span};
+
+    #[test]
+    fn encoded_parts_are_stored_as_they_came_and_tags_are_reported_once() {
+        let req = sextant_otlp_proto::proto::ExportTraceServiceRequest {
+            resource_spans: vec![rs("a", vec![span(1, 1, 0)]), rs("b", vec![span(1, 2, 1)])],
+        };
+        let bytes = Bytes::from(req.encode_to_vec());
+        let mut batch = SpanBatch::from_encoded(bytes.clone(), 2);
+        batch.append(SpanBatch::from_encoded(bytes, 2));
+        let enc = encode_batch(batch, 5, 1, &|_, key, _| key == "known").unwrap();
+        assert_eq!(enc.meta.span_count, 4);
+        assert_eq!(enc.traces.len(), 1);
+        assert_eq!(enc.traces[0].1.span_count, 4);
+        let services: Vec<_> = enc
+            .new_tags
+            .iter()
+            .filter(|t| t.key == "service.name")
+            .collect();
+        assert_eq!(services.len(), 2, "{:?}", enc.new_tags);
+        let (_, payload) = decode_meta(b"k", &enc.value).unwrap();
+        assert_eq!(
+            sextant_otlp_proto::span_count(&decode_payload(b"k", payload).unwrap()),
+            4
+        );
+        // Garbage in an encoded part is refused, not stored.
+        let bad = SpanBatch::from_encoded(Bytes::from_static(b"\xff\xff"), 1);
+        assert!(matches!(
+            encode_batch(bad, 5, 1, &|_, _, _| true),
+            Err(StoreError::InvalidData(_))
+        ));
+    }
 
     fn span(trace: u8, id: u8, parent: u8) -> Span {
         Span {
@@ -353,7 +563,7 @@ mod tests {
             rs("a", vec![span(1, 1, 0), span(2, 2, 0), bad, zero]),
             rs("b", vec![span(1, 3, 1)]),
         ];
-        let enc = encode_batch(batch, 5, 3).unwrap();
+        let enc = encode_batch(SpanBatch::from_decoded(batch), 5, 3, &|_, _, _| false).unwrap();
         assert_eq!(enc.rejected_spans, 2);
         assert!(enc.rejection.contains("3 bytes"), "{}", enc.rejection);
         assert_eq!(enc.meta.span_count, 3);

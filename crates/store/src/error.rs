@@ -11,11 +11,16 @@ pub enum StoreError {
     Closed,
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("invalid span data: {0}")]
+    InvalidData(String),
 }
 
 impl StoreError {
     /// Whether the caller may retry the same operation later (the client must then be told so).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, StoreError::InvalidQuery(_))
+        !matches!(
+            self,
+            StoreError::InvalidQuery(_) | StoreError::InvalidData(_)
+        )
     }
 }

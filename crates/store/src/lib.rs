@@ -21,7 +21,7 @@ pub use sled_store::{dir_size, SledStore, StoreConfig, MAX_VALUES_PER_TAG};
 pub use types::*;
 
 use sextant_otlp_proto::proto::ResourceSpans;
-use sextant_otlp_proto::TraceId;
+use sextant_otlp_proto::{SpanBatch, TraceId};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -32,7 +32,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait SpanWriter: Send + Sync {
     /// Writes a batch. Resolves once every accepted span is durable; spans that cannot be
     /// stored (an invalid trace id) are counted in the receipt, never silently dropped.
-    fn write(&self, batch: Vec<ResourceSpans>) -> BoxFuture<'_, Result<WriteReceipt, StoreError>>;
+    fn write(&self, batch: SpanBatch) -> BoxFuture<'_, Result<WriteReceipt, StoreError>>;
 }
 
 /// The read side of a store. Calls block: async callers run them on a blocking thread.

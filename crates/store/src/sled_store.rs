@@ -12,17 +12,17 @@
 //! are waiting, inserts them, flushes once, then acknowledges each of them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use sextant_otlp_proto::attr;
-use sextant_otlp_proto::proto::{any_value::Value, KeyValue, Resource, ResourceSpans, Span};
-use sextant_otlp_proto::{SpanId, TraceId};
+use sextant_otlp_proto::proto::{Resource, ResourceSpans, Span};
+use sextant_otlp_proto::{SpanBatch, SpanId, TraceId};
 use tokio::sync::oneshot;
 
 use crate::encode;
@@ -76,7 +76,7 @@ struct Inner {
     traces: sled::Tree,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
-    tags: Mutex<TagIndex>,
+    tags: RwLock<TagIndex>,
     level: i32,
     spans_written: AtomicU64,
     writes: Arc<AtomicU64>,
@@ -94,78 +94,59 @@ struct Job {
 /// Tag names and values, by scope. Lookups of known keys and values do not allocate.
 #[derive(Default)]
 struct TagIndex {
-    resource: HashMap<String, BTreeSet<TagValue>>,
-    span: HashMap<String, BTreeSet<TagValue>>,
+    resource: FxHashMap<String, BTreeSet<TagValue>>,
+    span: FxHashMap<String, BTreeSet<TagValue>>,
 }
 
 impl TagIndex {
-    fn scope(&self, scope: TagScope) -> &HashMap<String, BTreeSet<TagValue>> {
+    fn scope(&self, scope: TagScope) -> &FxHashMap<String, BTreeSet<TagValue>> {
         match scope {
             TagScope::Resource => &self.resource,
             TagScope::Span => &self.span,
         }
     }
 
-    fn scope_mut(&mut self, scope: TagScope) -> &mut HashMap<String, BTreeSet<TagValue>> {
+    fn scope_mut(&mut self, scope: TagScope) -> &mut FxHashMap<String, BTreeSet<TagValue>> {
         match scope {
             TagScope::Resource => &mut self.resource,
             TagScope::Span => &mut self.span,
         }
     }
 
-    /// Records the attributes, pushing the `tags` tree keys that are new onto `new`.
-    fn observe(
-        &mut self,
+    /// Whether the tag (and its value, when there is room for more values) is known already.
+    pub(crate) fn is_known(
+        &self,
         scope: TagScope,
-        attrs: &[KeyValue],
-        new: &mut Vec<Vec<u8>>,
-        buf: &mut String,
-    ) {
+        key: &str,
+        value: Option<(&'static str, &str)>,
+    ) -> bool {
+        let Some(values) = self.scope(scope).get(key) else {
+            return false;
+        };
+        let Some((type_name, text)) = value else {
+            return true;
+        };
+        if values.len() >= MAX_VALUES_PER_TAG || text.len() > MAX_TAG_VALUE_LEN {
+            return true;
+        }
+        values
+            .range::<str, _>((std::ops::Bound::Included(text), std::ops::Bound::Unbounded))
+            .take_while(|v| v.value == text)
+            .any(|v| v.type_name == type_name)
+    }
+
+    /// Records a tag found unknown by [`Self::is_known`], pushing the `tags` tree keys that are
+    /// new onto `new`.
+    pub(crate) fn insert(&mut self, tag: encode::NewTag, new: &mut Vec<Vec<u8>>) {
+        let encode::NewTag { scope, key, value } = tag;
         let map = self.scope_mut(scope);
-        for kv in attrs {
-            let Some(value) = kv.value.as_ref() else {
-                continue;
-            };
-            let (type_name, text): (&str, &str) = match &value.value {
-                Some(Value::StringValue(s)) => {
-                    if s.len() > MAX_TAG_VALUE_LEN {
-                        continue;
-                    }
-                    ("string", s.as_str())
-                }
-                Some(Value::IntValue(i)) => {
-                    buf.clear();
-                    let _ = write!(buf, "{i}");
-                    ("int", buf.as_str())
-                }
-                Some(Value::DoubleValue(d)) => {
-                    buf.clear();
-                    let _ = write!(buf, "{d}");
-                    ("float", buf.as_str())
-                }
-                Some(Value::BoolValue(b)) => ("bool", if *b { "true" } else { "false" }),
-                _ => continue,
-            };
-            let values = match map.get_mut(kv.key.as_str()) {
-                Some(v) => v,
-                None => {
-                    new.push(tag_key(scope, &kv.key, None));
-                    map.entry(kv.key.clone()).or_default()
-                }
-            };
-            if values.len() >= MAX_VALUES_PER_TAG {
-                continue;
-            }
-            let known = values
-                .range::<str, _>((std::ops::Bound::Included(text), std::ops::Bound::Unbounded))
-                .take_while(|v| v.value == text)
-                .any(|v| v.type_name == type_name);
-            if !known {
-                let tv = TagValue {
-                    type_name: type_name.to_string(),
-                    value: text.to_string(),
-                };
-                new.push(tag_key(scope, &kv.key, Some(&tv)));
+        if !map.contains_key(key.as_str()) {
+            new.push(tag_key(scope, &key, None));
+        }
+        let values = map.entry(key.clone()).or_default();
+        if let Some(tv) = value {
+            if values.len() < MAX_VALUES_PER_TAG && !values.contains(&tv) {
+                new.push(tag_key(scope, &key, Some(&tv)));
                 values.insert(tv);
             }
         }
@@ -251,7 +232,7 @@ impl SledStore {
                 traces,
                 jobs: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
-                tags: Mutex::new(tags),
+                tags: RwLock::new(tags),
                 level: config.compression_level,
                 spans_written: AtomicU64::new(0),
                 writes,
@@ -277,27 +258,26 @@ impl SledStore {
     }
 
     /// Writes a batch and waits until it is durable.
-    pub async fn write_batch(&self, batch: Vec<ResourceSpans>) -> Result<WriteReceipt, StoreError> {
-        let mut new_tags = Vec::new();
-        {
-            let mut tags = self.inner.tags.lock();
-            let mut buf = String::new();
-            for rs in &batch {
-                if let Some(r) = &rs.resource {
-                    tags.observe(TagScope::Resource, &r.attributes, &mut new_tags, &mut buf);
-                }
-                for ss in &rs.scope_spans {
-                    for span in &ss.spans {
-                        tags.observe(TagScope::Span, &span.attributes, &mut new_tags, &mut buf);
-                    }
-                }
-            }
-        }
+    pub async fn write_batch(&self, batch: SpanBatch) -> Result<WriteReceipt, StoreError> {
         let arrival_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let encoded = encode::encode_batch(batch, arrival_ns, self.inner.level)?;
+        let encoded = {
+            // One read lock for the whole scan; new tags are inserted after it.
+            let tags = self.inner.tags.read();
+            let known = |scope: TagScope, key: &str, value: Option<(&'static str, &str)>| {
+                tags.is_known(scope, key, value)
+            };
+            encode::encode_batch(batch, arrival_ns, self.inner.level, &known)?
+        };
+        let mut new_tags = Vec::new();
+        if !encoded.new_tags.is_empty() {
+            let mut tags = self.inner.tags.write();
+            for t in encoded.new_tags {
+                tags.insert(t, &mut new_tags);
+            }
+        }
         let accepted = encoded.meta.span_count as u64;
         let receipt = WriteReceipt {
             accepted_spans: accepted,
@@ -465,7 +445,7 @@ fn writer_loop(rx: mpsc::Receiver<Job>, trees: Trees, writes: &AtomicU64, flushe
 }
 
 impl SpanWriter for SledStore {
-    fn write(&self, batch: Vec<ResourceSpans>) -> BoxFuture<'_, Result<WriteReceipt, StoreError>> {
+    fn write(&self, batch: SpanBatch) -> BoxFuture<'_, Result<WriteReceipt, StoreError>> {
         Box::pin(self.write_batch(batch))
     }
 }
@@ -557,7 +537,7 @@ impl TraceReader for SledStore {
     }
 
     fn tag_names(&self, scope: Option<TagScope>) -> Result<Vec<(TagScope, String)>, StoreError> {
-        let tags = self.inner.tags.lock();
+        let tags = self.inner.tags.read();
         let mut out = Vec::new();
         for s in [TagScope::Resource, TagScope::Span] {
             if scope.is_none_or(|want| want == s) {
@@ -569,7 +549,7 @@ impl TraceReader for SledStore {
     }
 
     fn tag_values(&self, scope: Option<TagScope>, key: &str) -> Result<Vec<TagValue>, StoreError> {
-        let tags = self.inner.tags.lock();
+        let tags = self.inner.tags.read();
         let mut out: BTreeSet<TagValue> = BTreeSet::new();
         for s in [TagScope::Resource, TagScope::Span] {
             if scope.is_some_and(|want| want != s) {

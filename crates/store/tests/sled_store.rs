@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use sextant_otlp_proto::attr::{kv_int, kv_str};
-use sextant_otlp_proto::proto::{Resource, ResourceSpans, ScopeSpans, Span, Status};
+use sextant_otlp_proto::proto::{
+    ExportTraceServiceRequest, Resource, ResourceSpans, ScopeSpans, Span, Status,
+};
+use sextant_otlp_proto::SpanBatch;
 use sextant_otlp_proto::TraceId;
 use sextant_store::*;
 
@@ -23,8 +26,8 @@ fn span(trace: u8, id: u8, parent: u8, name: &str, start_ms: u64, dur_ms: u64) -
     }
 }
 
-fn batch(service: &str, spans: Vec<Span>) -> Vec<ResourceSpans> {
-    vec![ResourceSpans {
+fn batch(service: &str, spans: Vec<Span>) -> SpanBatch {
+    let rs = vec![ResourceSpans {
         resource: Some(Resource {
             attributes: vec![kv_str("service.name", service)],
             ..Default::default()
@@ -34,7 +37,24 @@ fn batch(service: &str, spans: Vec<Span>) -> Vec<ResourceSpans> {
             ..Default::default()
         }],
         schema_url: String::new(),
-    }]
+    }];
+    // Every other write sends an encoded request, as the receivers do; the rest decoded spans.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if NEXT
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(2)
+    {
+        let bytes = prost::Message::encode_to_vec(&ExportTraceServiceRequest {
+            resource_spans: rs.clone(),
+        });
+        SpanBatch::from_encoded(bytes.into(), spans_len(&rs))
+    } else {
+        SpanBatch::from_decoded(rs)
+    }
+}
+
+fn spans_len(rs: &[ResourceSpans]) -> usize {
+    sextant_otlp_proto::span_count(rs)
 }
 
 fn open(dir: &std::path::Path) -> SledStore {

@@ -66,8 +66,7 @@ async fn run(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let size = config.send_batch_size.max(1);
-    let mut pending: Vec<ResourceSpans> = Vec::new();
-    let mut spans = 0usize;
+    let mut pending = TraceBatch::default();
     let mut waiters: Vec<Reply> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut open = true;
@@ -101,10 +100,9 @@ async fn run(
                 if waiters.is_empty() {
                     deadline = Some(Instant::now() + config.timeout);
                 }
-                spans += batch.span_count;
-                pending.extend(batch.resource_spans);
+                pending.append(batch);
                 waiters.push(reply);
-                if spans < size {
+                if pending.span_count < size {
                     continue;
                 }
             }
@@ -122,13 +120,8 @@ async fn run(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let batches = split(
-            std::mem::take(&mut pending),
-            spans,
-            config.send_batch_max_size,
-        );
+        let batches = split(std::mem::take(&mut pending), config.send_batch_max_size);
         let replies = std::mem::take(&mut waiters);
-        spans = 0;
         deadline = None;
         let next = next.clone();
         let metrics = metrics.clone();
@@ -158,14 +151,19 @@ async fn run(
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
 }
 
-/// Splits merged resource spans into batches of at most `max` spans (0: no limit).
-pub fn split(resource_spans: Vec<ResourceSpans>, spans: usize, max: usize) -> Vec<TraceBatch> {
-    if max == 0 || spans <= max {
-        return vec![TraceBatch {
-            resource_spans,
-            span_count: spans,
-        }];
+/// Splits a batch into batches of at most `max` spans (0: no limit). Splitting needs the
+/// spans decoded; a batch that cannot be decoded is passed on whole.
+pub fn split(mut batch: TraceBatch, max: usize) -> Vec<TraceBatch> {
+    if max == 0 || batch.span_count <= max {
+        return vec![batch];
     }
+    let resource_spans = match batch.decode() {
+        Ok(decoded) => std::mem::take(decoded),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot split an undecodable batch; sending it whole");
+            return vec![batch];
+        }
+    };
     let mut out = Vec::new();
     let mut current: Vec<ResourceSpans> = Vec::new();
     let mut count = 0usize;
@@ -194,20 +192,14 @@ pub fn split(resource_spans: Vec<ResourceSpans>, spans: usize, max: usize) -> Ve
                     });
                 }
                 if count == max {
-                    out.push(TraceBatch {
-                        resource_spans: std::mem::take(&mut current),
-                        span_count: count,
-                    });
+                    out.push(TraceBatch::from_decoded(std::mem::take(&mut current)));
                     count = 0;
                 }
             }
         }
     }
     if count > 0 {
-        out.push(TraceBatch {
-            resource_spans: current,
-            span_count: count,
-        });
+        out.push(TraceBatch::from_decoded(current));
     }
     out
 }
@@ -250,7 +242,7 @@ mod tests {
     }
 
     fn batch(n: usize) -> TraceBatch {
-        TraceBatch::new(vec![ResourceSpans {
+        TraceBatch::from_decoded(vec![ResourceSpans {
             scope_spans: vec![ScopeSpans {
                 spans: vec![Span::default(); n],
                 ..Default::default()
@@ -261,15 +253,13 @@ mod tests {
 
     #[test]
     fn split_respects_max_and_keeps_every_span() {
-        let rs = [batch(7).resource_spans, batch(5).resource_spans].concat();
-        let parts = split(rs, 12, 5);
+        let mut b = batch(7);
+        b.append(batch(5));
+        let parts = split(b, 5);
         let sizes: Vec<usize> = parts.iter().map(|b| b.span_count).collect();
         assert_eq!(sizes, vec![5, 5, 2]);
         for p in &parts {
-            assert_eq!(
-                sextant_otlp_proto::span_count(&p.resource_spans),
-                p.span_count
-            );
+            assert_eq!(sextant_otlp_proto::span_count(&p.decoded), p.span_count);
         }
     }
 

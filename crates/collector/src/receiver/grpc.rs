@@ -1,14 +1,24 @@
-//! The OTLP/gRPC receiver: the standard `TraceService/Export`, gzip and zstd requests,
-//! a maximum message size, and refusal before decoding while memory is over its limit.
+//! The OTLP/gRPC receiver: the standard `TraceService/Export`, gzip and zstd requests, a
+//! maximum message size, and refusal before decoding while memory is over its limit.
+//!
+//! Requests are validated with a zero-copy scan ([`sextant_otlp_proto::wire`]) instead of being
+//! decoded into structs: the bytes travel on as they came, and a stage that must change spans
+//! decodes them then. So the service is written out here with its own codec, instead of the
+//! generated `TraceServiceServer` with prost's.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use prost::bytes::{Buf, BufMut, Bytes};
 use prost::Message;
-use sextant_otlp_proto::proto::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, TraceService, TraceServiceServer,
+use sextant_otlp_proto::proto::ExportTraceServiceResponse;
+use sextant_otlp_proto::wire;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
 };
-use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
@@ -17,41 +27,92 @@ use crate::processor::memory_limiter::MemoryLimiter;
 use crate::receiver::response_for;
 use crate::{Consumer, TraceBatch};
 
-/// The gRPC service.
-pub struct GrpcReceiver {
+/// The gRPC service name and the method path of OTLP traces.
+pub const SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A request that passed the scan: its bytes and its span count.
+pub struct ValidatedRequest {
+    pub bytes: Bytes,
+    pub spans: usize,
+}
+
+/// Decodes requests by validating them; encodes responses with prost.
+#[derive(Default, Clone, Copy)]
+pub struct OtlpCodec;
+
+impl Codec for OtlpCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = ValidatedRequest;
+    type Encoder = ResponseEncoder;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder
+    }
+}
+
+pub struct ResponseEncoder;
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.encode(&mut dst.writer().get_mut())
+            .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    }
+}
+
+pub struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
+    type Item = ValidatedRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        let spans = wire::scan_request(&bytes, &mut wire::CountSpans)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Some(ValidatedRequest { bytes, spans }))
+    }
+}
+
+/// The export handler.
+struct Export {
     pipeline: Arc<dyn Consumer>,
     limiter: MemoryLimiter,
     metrics: CollectorMetrics,
 }
 
-#[tonic::async_trait]
-impl TraceService for GrpcReceiver {
+impl Export {
     async fn export(
         &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let request = request.into_inner();
-        let batch = TraceBatch::new(request.resource_spans);
-        let spans = batch.span_count;
-        let wire = batch
-            .resource_spans
-            .iter()
-            .map(|rs| rs.encoded_len())
-            .sum::<usize>();
-        let _admission = match self.limiter.admit(wire) {
+        request: ValidatedRequest,
+    ) -> Result<ExportTraceServiceResponse, Status> {
+        let spans = request.spans;
+        let _admission = match self.limiter.admit(request.bytes.len()) {
             Ok(a) => a,
             Err(e) => {
                 self.metrics.refused("otlp", "grpc", spans);
                 return Err(e.to_grpc());
             }
         };
-        match self.pipeline.consume(batch).await {
+        match self
+            .pipeline
+            .consume(TraceBatch::from_encoded(request.bytes, spans))
+            .await
+        {
             Ok(outcome) => {
-                self.metrics
-                    .accepted("otlp", "grpc", spans - outcome.rejected_spans as usize);
-                self.metrics
-                    .refused("otlp", "grpc", outcome.rejected_spans as usize);
-                Ok(Response::new(response_for(&outcome)))
+                let rejected = (outcome.rejected_spans as usize).min(spans);
+                self.metrics.accepted("otlp", "grpc", spans - rejected);
+                self.metrics.refused("otlp", "grpc", rejected);
+                Ok(response_for(&outcome))
             }
             Err(e) => {
                 self.metrics.refused("otlp", "grpc", spans);
@@ -59,6 +120,68 @@ impl TraceService for GrpcReceiver {
                 Err(e.to_grpc())
             }
         }
+    }
+}
+
+struct ExportCall(Arc<Export>);
+
+impl tonic::server::UnaryService<ValidatedRequest> for ExportCall {
+    type Response = ExportTraceServiceResponse;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Self::Response>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<ValidatedRequest>) -> Self::Future {
+        let export = self.0.clone();
+        Box::pin(async move { export.export(request.into_inner()).await.map(Response::new) })
+    }
+}
+
+/// The `TraceService` as a tower service.
+#[derive(Clone)]
+pub struct TraceServer {
+    export: Arc<Export>,
+    max_message_bytes: usize,
+}
+
+impl tonic::server::NamedService for TraceServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> tower_service::Service<http::Request<B>> for TraceServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async move {
+                Ok(Status::unimplemented(format!(
+                    "{} is not a method of {SERVICE_NAME}",
+                    req.uri().path()
+                ))
+                .into_http())
+            });
+        }
+        let export = self.export.clone();
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            accept.enable(CompressionEncoding::Zstd);
+            let mut send = EnabledCompressionEncodings::default();
+            send.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(OtlpCodec)
+                .apply_compression_config(accept, send)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(ExportCall(export), req).await)
+        })
     }
 }
 
@@ -71,16 +194,14 @@ pub async fn serve(
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let receiver = GrpcReceiver {
-        pipeline,
-        limiter: limiter.clone(),
-        metrics,
+    let service = TraceServer {
+        export: Arc::new(Export {
+            pipeline,
+            limiter: limiter.clone(),
+            metrics,
+        }),
+        max_message_bytes,
     };
-    let service = TraceServiceServer::new(receiver)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes);
     // Refuse before the body is read and decoded while the process is over its limit.
     let guarded = InterceptedService::new(service, move |req: Request<()>| {
         if limiter.is_over() {

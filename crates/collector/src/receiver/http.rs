@@ -14,8 +14,7 @@ use axum::routing::post;
 use axum::Router;
 use http_body_util::{BodyExt, Limited};
 use prost::Message;
-use sextant_otlp_proto::json;
-use sextant_otlp_proto::proto::ExportTraceServiceRequest;
+use sextant_otlp_proto::{json, wire};
 
 use crate::error::PipelineError;
 use crate::metrics::CollectorMetrics;
@@ -190,14 +189,21 @@ async fn handle(
         .trim()
         .to_ascii_lowercase();
     let bytes = decompress(&encoding, raw, rx.max_body)?;
-    let request = match format {
-        Format::Protobuf => ExportTraceServiceRequest::decode(bytes.as_ref()).map_err(|e| {
-            PipelineError::InvalidArgument(format!("invalid OTLP protobuf body: {e}"))
-        })?,
-        Format::Json => json::decode_request(&bytes)
-            .map_err(|e| PipelineError::InvalidArgument(format!("invalid OTLP/JSON body: {e}")))?,
+    let batch = match format {
+        // Validated, not decoded: the bytes travel on as they came.
+        Format::Protobuf => {
+            let spans = wire::scan_request(&bytes, &mut wire::CountSpans).map_err(|e| {
+                PipelineError::InvalidArgument(format!("invalid OTLP protobuf body: {e}"))
+            })?;
+            TraceBatch::from_encoded(bytes.clone(), spans)
+        }
+        Format::Json => {
+            let request = json::decode_request(&bytes).map_err(|e| {
+                PipelineError::InvalidArgument(format!("invalid OTLP/JSON body: {e}"))
+            })?;
+            TraceBatch::from_decoded(request.resource_spans)
+        }
     };
-    let batch = TraceBatch::new(request.resource_spans);
     let spans = batch.span_count;
     // Account for the decoded size now that it is known.
     drop(admission);
