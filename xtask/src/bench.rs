@@ -39,7 +39,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut names: Vec<&str> = Vec::new();
     let mut opts = Options {
         duration: 10,
-        streams: 8,
+        streams: 32,
         warmup: 2,
     };
     let mut it = args.iter();

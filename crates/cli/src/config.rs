@@ -52,7 +52,7 @@ impl Default for AllInOneConfig {
 pub struct StoreSettings {
     /// sled's page cache.
     pub cache_mib: u64,
-    /// zstd level of stored entries (1-19).
+    /// zstd level of stored batches (-7..=22; negative levels are zstd's fast modes).
     pub compression_level: i32,
 }
 
@@ -60,7 +60,7 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             cache_mib: 64,
-            compression_level: 1,
+            compression_level: -1,
         }
     }
 }
@@ -122,9 +122,9 @@ fn validate(c: &AllInOneConfig) -> anyhow::Result<()> {
             format!("invalid configuration: {name}: {addr:?} is not an address like 127.0.0.1:4317")
         })?;
     }
-    if !(1..=22).contains(&c.store.compression_level) {
+    if !(-7..=22).contains(&c.store.compression_level) {
         anyhow::bail!(
-            "invalid configuration: store.compression_level: {} is not in 1..=22",
+            "invalid configuration: store.compression_level: {} is not in -7..=22 (negative levels are zstd fast modes)",
             c.store.compression_level
         );
     }

@@ -61,6 +61,10 @@ pub struct SpanRef<'a> {
 
 /// What the visitor is shown, in order.
 pub trait Visitor<'a> {
+    /// Whether spans should come with their attributes (validation is the same either way).
+    fn wants_attributes(&self) -> bool {
+        true
+    }
     /// A new `ResourceSpans` begins, with its resource's attributes.
     fn resource(&mut self, attributes: &[KeyValueRef<'a>]);
     /// A span of the current resource.
@@ -71,6 +75,9 @@ pub trait Visitor<'a> {
 pub struct CountSpans;
 
 impl<'a> Visitor<'a> for CountSpans {
+    fn wants_attributes(&self) -> bool {
+        false
+    }
     fn resource(&mut self, _attributes: &[KeyValueRef<'a>]) {}
     fn span(&mut self, _span: &SpanRef<'a>) {}
 }
@@ -107,8 +114,16 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    #[inline]
     fn varint(&mut self, context: &'static str) -> Result<u64, WireError> {
-        let mut rest = &self.buf[self.pos..];
+        // Most varints (keys, lengths, small numbers) are one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
+        let mut rest = &self.buf[self.pos.min(self.buf.len())..];
         let before = rest.len();
         let v = decode_varint(&mut rest).map_err(|e| self.err(context, e.to_string()))?;
         self.pos += before - rest.len();
@@ -330,7 +345,7 @@ fn scope_spans<'a>(mut r: Reader<'a>, visitor: &mut impl Visitor<'a>) -> Result<
             1 if !r.full => r.skip(wt, "ScopeSpans")?,
             1 => scope(r.message(wt, "InstrumentationScope")?)?,
             2 => {
-                let s = span(r.message(wt, "Span")?)?;
+                let s = span(r.message(wt, "Span")?, visitor.wants_attributes())?;
                 visitor.span(&s);
                 spans += 1;
             }
@@ -361,7 +376,7 @@ fn scope(mut r: Reader<'_>) -> Result<(), WireError> {
     Ok(())
 }
 
-fn span(mut r: Reader<'_>) -> Result<SpanRef<'_>, WireError> {
+fn span(mut r: Reader<'_>, attributes: bool) -> Result<SpanRef<'_>, WireError> {
     let mut s = SpanRef::default();
     while !r.done() {
         let (tag, wt) = r.key("Span")?;
@@ -398,9 +413,12 @@ fn span(mut r: Reader<'_>) -> Result<SpanRef<'_>, WireError> {
                 r.expect(wt, WireType::SixtyFourBit, "Span.end_time_unix_nano")?;
                 s.end_time_unix_nano = r.fixed64("Span.end_time_unix_nano")?;
             }
-            9 => s
-                .attributes
-                .push(key_value(r.message(wt, "Span.attributes")?, 0)?),
+            9 => {
+                let kv = key_value(r.message(wt, "Span.attributes")?, 0)?;
+                if attributes {
+                    s.attributes.push(kv);
+                }
+            }
             10 | 12 | 14 => {
                 r.expect(wt, WireType::Varint, "Span.dropped_count")?;
                 r.varint("Span.dropped_count")?;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread;
 
 use parking_lot::{Mutex, RwLock};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sextant_otlp_proto::attr;
 use sextant_otlp_proto::proto::{Resource, ResourceSpans, Span};
 use sextant_otlp_proto::{SpanBatch, SpanId, TraceId};
@@ -49,7 +49,7 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// sled's page cache, in bytes.
     pub cache_capacity: u64,
-    /// zstd level for entries.
+    /// zstd level for batches (negative levels are zstd fast modes).
     pub compression_level: i32,
 }
 
@@ -58,7 +58,7 @@ impl StoreConfig {
         Self {
             path: path.into(),
             cache_capacity: 64 * 1024 * 1024,
-            compression_level: 1,
+            compression_level: -1,
         }
     }
 }
@@ -91,22 +91,57 @@ struct Job {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// The values recorded for one tag, by type; lookups do not allocate.
+#[derive(Default)]
+struct TagValues {
+    by_type: [FxHashSet<String>; 4],
+}
+
+const TAG_TYPES: [&str; 4] = ["string", "int", "float", "bool"];
+
+fn type_slot(type_name: &str) -> usize {
+    TAG_TYPES.iter().position(|t| *t == type_name).unwrap_or(0)
+}
+
+impl TagValues {
+    fn len(&self) -> usize {
+        self.by_type.iter().map(|s| s.len()).sum()
+    }
+
+    fn contains(&self, type_name: &str, text: &str) -> bool {
+        self.by_type[type_slot(type_name)].contains(text)
+    }
+
+    fn insert(&mut self, tv: TagValue) -> bool {
+        self.by_type[type_slot(&tv.type_name)].insert(tv.value)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = TagValue> + '_ {
+        self.by_type.iter().enumerate().flat_map(|(i, set)| {
+            set.iter().map(move |v| TagValue {
+                value: v.clone(),
+                type_name: TAG_TYPES[i].to_string(),
+            })
+        })
+    }
+}
+
 /// Tag names and values, by scope. Lookups of known keys and values do not allocate.
 #[derive(Default)]
 struct TagIndex {
-    resource: FxHashMap<String, BTreeSet<TagValue>>,
-    span: FxHashMap<String, BTreeSet<TagValue>>,
+    resource: FxHashMap<String, TagValues>,
+    span: FxHashMap<String, TagValues>,
 }
 
 impl TagIndex {
-    fn scope(&self, scope: TagScope) -> &FxHashMap<String, BTreeSet<TagValue>> {
+    fn scope(&self, scope: TagScope) -> &FxHashMap<String, TagValues> {
         match scope {
             TagScope::Resource => &self.resource,
             TagScope::Span => &self.span,
         }
     }
 
-    fn scope_mut(&mut self, scope: TagScope) -> &mut FxHashMap<String, BTreeSet<TagValue>> {
+    fn scope_mut(&mut self, scope: TagScope) -> &mut FxHashMap<String, TagValues> {
         match scope {
             TagScope::Resource => &mut self.resource,
             TagScope::Span => &mut self.span,
@@ -126,13 +161,9 @@ impl TagIndex {
         let Some((type_name, text)) = value else {
             return true;
         };
-        if values.len() >= MAX_VALUES_PER_TAG || text.len() > MAX_TAG_VALUE_LEN {
-            return true;
-        }
-        values
-            .range::<str, _>((std::ops::Bound::Included(text), std::ops::Bound::Unbounded))
-            .take_while(|v| v.value == text)
-            .any(|v| v.type_name == type_name)
+        text.len() > MAX_TAG_VALUE_LEN
+            || values.contains(type_name, text)
+            || values.len() >= MAX_VALUES_PER_TAG
     }
 
     /// Records a tag found unknown by [`Self::is_known`], pushing the `tags` tree keys that are
@@ -145,7 +176,7 @@ impl TagIndex {
         }
         let values = map.entry(key.clone()).or_default();
         if let Some(tv) = value {
-            if values.len() < MAX_VALUES_PER_TAG && !values.contains(&tv) {
+            if values.len() < MAX_VALUES_PER_TAG && !values.contains(&tv.type_name, &tv.value) {
                 new.push(tag_key(scope, &key, Some(&tv)));
                 values.insert(tv);
             }
@@ -556,7 +587,7 @@ impl TraceReader for SledStore {
                 continue;
             }
             if let Some(values) = tags.scope(s).get(key) {
-                out.extend(values.iter().cloned());
+                out.extend(values.iter());
             }
         }
         Ok(out.into_iter().collect())

@@ -133,18 +133,11 @@ impl TagScope {
 }
 
 /// A value seen for a tag, with its OTLP type (`string`, `int`, `float`, `bool`).
-/// (No `Hash`: it borrows as its text for ordered lookups, which only `Ord` must agree with.)
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TagValue {
-    /// First, so that values sort (and can be looked up) by their text.
+    /// First, so that values sort by their text.
     pub value: String,
     pub type_name: String,
-}
-
-impl std::borrow::Borrow<str> for TagValue {
-    fn borrow(&self) -> &str {
-        &self.value
-    }
 }
 
 /// Figures for `/metrics`.
