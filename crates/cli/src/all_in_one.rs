@@ -95,6 +95,7 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
             writer: Arc::new(store.clone()),
         }),
         metrics,
+        Some(Arc::new(release_memory)),
     );
 
     let grpc = bind("otlp-grpc", &cfg.otlp_grpc_addr).await?;
@@ -143,6 +144,12 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
     store.close().context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Returns memory that mimalloc holds but no longer uses to the OS.
+fn release_memory() {
+    // SAFETY: `mi_collect` may be called at any time from any thread.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 async fn shutdown_signal() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::CollectorConfig;
 use crate::metrics::CollectorMetrics;
 use crate::processor::batch::BatchProcessor;
-use crate::processor::memory_limiter::MemoryLimiter;
+use crate::processor::memory_limiter::{MemoryLimiter, ReleaseMemory};
 use crate::receiver;
 use crate::Consumer;
 
@@ -21,12 +21,15 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Builds the processors in front of `exporter`. Must run inside a tokio runtime.
+    /// `release` gives freed memory back to the OS when the memory limiter finds the process
+    /// over its soft limit (see [`ReleaseMemory`]).
     pub fn build(
         config: CollectorConfig,
         exporter: Arc<dyn Consumer>,
         metrics: CollectorMetrics,
+        release: Option<ReleaseMemory>,
     ) -> Self {
-        let limiter = MemoryLimiter::new(&config.memory_limiter, metrics.clone());
+        let limiter = MemoryLimiter::with_release(&config.memory_limiter, metrics.clone(), release);
         let batch = BatchProcessor::new(config.batch.clone(), exporter, metrics.clone());
         Self {
             head: Arc::new(batch),

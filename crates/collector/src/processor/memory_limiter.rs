@@ -35,7 +35,13 @@ struct Inner {
     in_flight: AtomicU64,
     retry_after: Duration,
     metrics: CollectorMetrics,
+    release: Option<ReleaseMemory>,
 }
+
+/// Gives freed memory back to the operating system (the binary knows its allocator); called
+/// when the process is over its soft limit, before refusing data. Without it, memory freed
+/// after a burst may stay resident and keep the limiter refusing.
+pub type ReleaseMemory = Arc<dyn Fn() + Send + Sync>;
 
 /// Admission of one request; dropping it releases its bytes.
 pub struct Admission {
@@ -55,6 +61,11 @@ impl MemoryLimiter {
     /// A limiter; when `limit_mib` is 0 it admits everything. Spawns the RSS sampler on the
     /// current tokio runtime; the sampler stops when the last clone is dropped.
     pub fn new(config: &MemoryLimiterConfig, metrics: CollectorMetrics) -> Self {
+        Self::with_release(config, metrics, None)
+    }
+
+    /// A limiter that calls `release` when the process is found over its soft limit.
+    pub fn with_release(config: &MemoryLimiterConfig, metrics: CollectorMetrics, release: Option<ReleaseMemory>) -> Self {
         let limit = config.limit_mib * MIB;
         let spike = config.spike_limit_mib.map(|s| s * MIB).unwrap_or(limit / 5);
         let inner = Arc::new(Inner {
@@ -66,6 +77,7 @@ impl MemoryLimiter {
             in_flight: AtomicU64::new(0),
             retry_after: Duration::from_secs(1),
             metrics,
+            release,
         });
         if limit > 0 {
             let weak = Arc::downgrade(&inner);
@@ -129,23 +141,21 @@ impl MemoryLimiter {
 
 impl Inner {
     fn sample(&self) {
-        if let Some(rss) = process_rss() {
-            self.last_rss.store(rss, Ordering::Relaxed);
-            let over = rss > self.soft_limit;
-            let was = self.over.swap(over, Ordering::AcqRel);
-            if over != was {
-                if over {
-                    tracing::warn!(
-                        rss_mib = rss / MIB,
-                        soft_limit_mib = self.soft_limit / MIB,
-                        "memory over soft limit: refusing data"
-                    );
-                } else {
-                    tracing::info!(
-                        rss_mib = rss / MIB,
-                        "memory back under soft limit: accepting data"
-                    );
-                }
+        let Some(mut rss) = process_rss() else { return };
+        if rss > self.soft_limit {
+            if let Some(release) = &self.release {
+                release();
+                rss = process_rss().unwrap_or(rss);
+            }
+        }
+        self.last_rss.store(rss, Ordering::Relaxed);
+        let over = rss > self.soft_limit;
+        let was = self.over.swap(over, Ordering::AcqRel);
+        if over != was {
+            if over {
+                tracing::warn!(rss_mib = rss / MIB, soft_limit_mib = self.soft_limit / MIB, "memory over soft limit: refusing data");
+            } else {
+                tracing::info!(rss_mib = rss / MIB, "memory back under soft limit: accepting data");
             }
         }
     }
@@ -190,6 +200,25 @@ mod tests {
         assert!(matches!(refused, Err(PipelineError::MemoryLimited { .. })));
         drop(first);
         let _again = l.admit(MIB as usize).unwrap();
+    }
+
+    #[tokio::test]
+    async fn release_runs_before_refusing() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let c = calls.clone();
+        let l = MemoryLimiter::with_release(
+            &MemoryLimiterConfig {
+                check_interval: Duration::from_millis(10),
+                limit_mib: 1,
+                spike_limit_mib: Some(0),
+            },
+            CollectorMetrics::unregistered(),
+            Some(Arc::new(move || {
+                c.fetch_add(1, Ordering::Relaxed);
+            })),
+        );
+        assert!(l.is_over());
+        assert!(calls.load(Ordering::Relaxed) >= 1);
     }
 
     #[tokio::test]
