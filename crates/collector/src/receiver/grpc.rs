@@ -180,7 +180,17 @@ where
             let mut grpc = tonic::server::Grpc::new(OtlpCodec)
                 .apply_compression_config(accept, send)
                 .apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(ExportCall(export), req).await)
+            let mut response = grpc.unary(ExportCall(export), req).await;
+            // tonic answers a message over the size limit with OUT_OF_RANGE, which OTLP
+            // clients retry; resending the same message cannot help, so say
+            // RESOURCE_EXHAUSTED without RetryInfo (not retryable), as OTLP asks.
+            let status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+            if status == Some("11") {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("8"));
+            }
+            Ok(response)
         })
     }
 }

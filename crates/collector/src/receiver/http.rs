@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use prost::Message;
 use sextant_otlp_proto::{json, wire};
 
@@ -166,22 +166,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > rx.max_body) {
+        // Read the body away before answering, so that a client that writes the whole body
+        // before reading sees the 413 rather than a reset connection.
+        drain(body, rx.max_body).await;
         return Err(too_large());
     }
     let admission = rx.limiter.admit(declared.unwrap_or(0))?;
-    let raw = Limited::new(body, rx.max_body)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                PipelineError::InvalidArgument(format!("could not read the request body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let raw = read_body(body, rx.max_body).await?.ok_or_else(too_large)?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -236,6 +227,45 @@ async fn handle(
         HeaderValue::from_static(format.content_type()),
     );
     Ok(resp)
+}
+
+/// How much of an oversize body is read (and thrown away) before the 413 is sent, as a
+/// multiple of the limit; past it, or after [`DRAIN_TIME`], the connection is closed.
+const DRAIN_FACTOR: usize = 4;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the body; `None` when it is larger than `max` (the rest is then drained).
+async fn read_body(mut body: Body, max: usize) -> Result<Option<Bytes>, PipelineError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| PipelineError::InvalidArgument(format!("could not read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                drain(body, max).await;
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// Reads and discards what is left of a body, up to [`DRAIN_FACTOR`] times `max` bytes and
+/// [`DRAIN_TIME`].
+async fn drain(mut body: Body, max: usize) {
+    let budget = max.saturating_mul(DRAIN_FACTOR);
+    let _ = tokio::time::timeout(DRAIN_TIME, async move {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read += data.len();
+                if read > budget {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// Decompresses `raw`, refusing output larger than `max` (so a small bomb cannot grow).
