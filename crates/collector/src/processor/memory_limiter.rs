@@ -65,7 +65,11 @@ impl MemoryLimiter {
     }
 
     /// A limiter that calls `release` when the process is found over its soft limit.
-    pub fn with_release(config: &MemoryLimiterConfig, metrics: CollectorMetrics, release: Option<ReleaseMemory>) -> Self {
+    pub fn with_release(
+        config: &MemoryLimiterConfig,
+        metrics: CollectorMetrics,
+        release: Option<ReleaseMemory>,
+    ) -> Self {
         let limit = config.limit_mib * MIB;
         let spike = config.spike_limit_mib.map(|s| s * MIB).unwrap_or(limit / 5);
         let inner = Arc::new(Inner {
@@ -153,9 +157,16 @@ impl Inner {
         let was = self.over.swap(over, Ordering::AcqRel);
         if over != was {
             if over {
-                tracing::warn!(rss_mib = rss / MIB, soft_limit_mib = self.soft_limit / MIB, "memory over soft limit: refusing data");
+                tracing::warn!(
+                    rss_mib = rss / MIB,
+                    soft_limit_mib = self.soft_limit / MIB,
+                    "memory over soft limit: refusing data"
+                );
             } else {
-                tracing::info!(rss_mib = rss / MIB, "memory back under soft limit: accepting data");
+                tracing::info!(
+                    rss_mib = rss / MIB,
+                    "memory back under soft limit: accepting data"
+                );
             }
         }
     }

@@ -184,7 +184,10 @@ where
             // tonic answers a message over the size limit with OUT_OF_RANGE, which OTLP
             // clients retry; resending the same message cannot help, so say
             // RESOURCE_EXHAUSTED without RetryInfo (not retryable), as OTLP asks.
-            let status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+            let status = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok());
             if status == Some("11") {
                 response
                     .headers_mut()

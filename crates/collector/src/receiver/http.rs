@@ -238,7 +238,9 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 async fn read_body(mut body: Body, max: usize) -> Result<Option<Bytes>, PipelineError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| PipelineError::InvalidArgument(format!("could not read the request body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            PipelineError::InvalidArgument(format!("could not read the request body: {e}"))
+        })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
                 drain(body, max).await;
