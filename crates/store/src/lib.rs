@@ -20,10 +20,24 @@ pub use query::{Condition, Matcher};
 pub use sled_store::{dir_size, SledStore, StoreConfig, MAX_VALUES_PER_TAG};
 pub use types::*;
 
-use sextant_otlp_proto::proto::ResourceSpans;
+use sextant_otlp_proto::proto::{Resource, ResourceSpans, Span};
 use sextant_otlp_proto::{SpanBatch, TraceId};
 use std::future::Future;
 use std::pin::Pin;
+
+/// A span-level predicate pushed down into a scan: a span (with its resource) that may match.
+pub type SpanFilter<'f> = dyn Fn(&Span, Option<&Resource>) -> bool + 'f;
+
+/// Receives each whole trace of a scan; returns whether to go on.
+pub type TraceVisit<'v> = dyn FnMut(TraceId, &[ResourceSpans]) -> bool + 'v;
+
+/// What a scan read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub inspected_traces: u64,
+    pub inspected_spans: u64,
+    pub inspected_bytes: u64,
+}
 
 /// A boxed future, for object-safe async traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -43,6 +57,16 @@ pub trait TraceReader: Send + Sync {
         id: TraceId,
         window: TimeWindow,
     ) -> Result<Option<Vec<ResourceSpans>>, StoreError>;
+
+    /// Reads whole traces in `window`, newest first: every trace with at least one span for
+    /// which `prefilter` holds is passed to `visit` once, until `visit` returns `false`. This is
+    /// what query languages (TraceQL) build on; `prefilter` is their pushed-down predicate.
+    fn scan(
+        &self,
+        window: TimeWindow,
+        prefilter: &SpanFilter<'_>,
+        visit: &mut TraceVisit<'_>,
+    ) -> Result<ScanStats, StoreError>;
 
     /// Traces with at least one span matching every condition, newest first.
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError>;

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use crate::encode;
 use crate::error::StoreError;
 use crate::types::*;
-use crate::{BoxFuture, SpanWriter, TraceReader};
+use crate::{BoxFuture, ScanStats, SpanFilter, SpanWriter, TraceReader, TraceVisit};
 use prost::Message as _;
 
 /// Each attribute key records at most this many distinct values for autocomplete.
@@ -499,15 +499,16 @@ impl TraceReader for SledStore {
         Ok(Some(self.read_trace(&id, &parts, &mut cache)?))
     }
 
-    fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError> {
-        let mut result = SearchResult::default();
+    fn scan(
+        &self,
+        window: TimeWindow,
+        prefilter: &SpanFilter<'_>,
+        visit: &mut TraceVisit<'_>,
+    ) -> Result<ScanStats, StoreError> {
+        let mut stats = ScanStats::default();
         let mut seen: HashSet<TraceId> = HashSet::new();
         let mut cache = BatchCache::default();
-        let limit = query.limit.max(1);
-        let stop_before = query
-            .window
-            .start_ns
-            .map(|s| s.saturating_sub(MAX_CLOCK_SKEW_NS));
+        let stop_before = window.start_ns.map(|s| s.saturating_sub(MAX_CLOCK_SKEW_NS));
         'batches: for item in self.inner.batches.iter().rev() {
             let (k, v) = item?;
             let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
@@ -517,14 +518,15 @@ impl TraceReader for SledStore {
             if stop_before.is_some_and(|s| meta.arrival_ns < s) {
                 break;
             }
-            if !query.window.overlaps(meta.start_ns, meta.end_ns) {
+            if !window.overlaps(meta.start_ns, meta.end_ns) {
                 continue;
             }
-            result.inspected_bytes += v.len() as u64;
-            result.inspected_traces += meta.trace_count as u64;
+            stats.inspected_bytes += v.len() as u64;
+            stats.inspected_traces += meta.trace_count as u64;
+            stats.inspected_spans += meta.span_count as u64;
             let batch = Arc::new(encode::decode_payload(&k, payload)?);
             cache.put(seq, batch.clone());
-            // The traces of this batch with a matching span, newest first.
+            // The traces of this batch with a span that passes the prefilter, newest first.
             let mut candidates: Vec<(u64, TraceId)> = Vec::new();
             let mut in_batch: HashSet<TraceId> = HashSet::new();
             for rs in batch.iter() {
@@ -536,7 +538,7 @@ impl TraceReader for SledStore {
                         if seen.contains(&id) || in_batch.contains(&id) {
                             continue;
                         }
-                        if span_matches(span, rs.resource.as_ref(), query) {
+                        if prefilter(span, rs.resource.as_ref()) {
                             in_batch.insert(id);
                             candidates.push((span.start_time_unix_nano, id));
                         }
@@ -549,18 +551,33 @@ impl TraceReader for SledStore {
                 let parts = self.trace_parts(&id)?;
                 let start = parts.iter().map(|p| p.1.start_ns).min().unwrap_or(0);
                 let end = parts.iter().map(|p| p.1.end_ns).max().unwrap_or(0);
-                if !query.window.overlaps(start, end) {
+                if !window.overlaps(start, end) {
                     continue;
                 }
                 let spans = self.read_trace(&id, &parts, &mut cache)?;
-                if let Some(hit) = evaluate(id, &spans, query) {
-                    result.traces.push(hit);
-                    if result.traces.len() >= limit {
-                        break 'batches;
-                    }
+                if !visit(id, &spans) {
+                    break 'batches;
                 }
             }
         }
+        stats.inspected_bytes += cache.bytes_read;
+        Ok(stats)
+    }
+
+    fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError> {
+        let mut result = SearchResult::default();
+        let limit = query.limit.max(1);
+        let prefilter =
+            |span: &Span, resource: Option<&Resource>| span_matches(span, resource, query);
+        let mut visit = |id: TraceId, spans: &[ResourceSpans]| {
+            if let Some(hit) = evaluate(id, spans, query) {
+                result.traces.push(hit);
+            }
+            result.traces.len() < limit
+        };
+        let stats = self.scan(query.window, &prefilter, &mut visit)?;
+        result.inspected_traces = stats.inspected_traces;
+        result.inspected_bytes = stats.inspected_bytes;
         result
             .traces
             .sort_by_key(|t| std::cmp::Reverse(t.summary.start_ns));
