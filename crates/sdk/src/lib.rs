@@ -1,0 +1,1 @@
+//! sextant-sdk (being written).
