@@ -231,6 +231,8 @@ impl SledStore {
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
             .mode(sled::Mode::HighThroughput)
+            // The writer flushes after every group of writes; a timer adds nothing but fsyncs.
+            .flush_every_ms(None)
             .open()?;
         let batches = db.open_tree("batches")?;
         let traces = db.open_tree("traces")?;
