@@ -481,17 +481,18 @@ async fn malformed_trace_ids_get_400_naming_them() {
             resp.text()
         );
     }
-    let resp = e2e::get(&format!("{q}/api/search?q=%7B%7D")).await;
+    // A TraceQL query that does not parse: 400 naming the column and what was expected.
+    let resp = e2e::get(&format!("{q}/api/search?q=%7B%20.a%20%3D%20%7D")).await;
     assert_eq!(
         resp.status,
         400,
-        "q= answered {} {}",
+        "a bad q= answered {} {}",
         resp.status,
         resp.text()
     );
     assert!(
-        resp.text().to_lowercase().contains("not supported"),
-        "q=: the answer does not say TraceQL is not supported: {}",
+        resp.text().contains("column 8") && resp.text().contains("expected a value"),
+        "a bad q=: the answer does not say where and what: {}",
         resp.text()
     );
     assert_still_serving(&mut server).await;

@@ -297,6 +297,34 @@ async fn search_prints_a_table_with_the_trace() {
         out.stdout
     );
 
+    // A TraceQL query as the positional argument.
+    let out = sextant(
+        args(&[
+            "search",
+            "--url",
+            &url,
+            "{ resource.service.name = \"checkout\" } > { resource.service.name = \"inventory\" }",
+        ]),
+        vec![],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "sextant search '<TraceQL>' failed:\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains(&sent.trace_id) && out.stdout.contains(&other.trace_id),
+        "the TraceQL table lacks the traces:\n{}",
+        out.stdout
+    );
+    let out = sextant(args(&["search", "--url", &url, "{ .a = }"]), vec![]).await;
+    assert!(
+        !out.status.success() && out.stderr.contains("column 8"),
+        "a bad TraceQL query should fail naming the column:\n{}",
+        out.describe()
+    );
+
     let out = sextant(
         args(&[
             "search",

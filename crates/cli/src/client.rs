@@ -22,6 +22,8 @@ pub struct TraceArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct SearchArgs {
+    /// A TraceQL query, e.g. '{ resource.service.name = "api" && status = error }'
+    query: Option<String>,
     /// Query API base URL
     #[arg(long, env = "SEXTANT_URL", default_value = "http://127.0.0.1:3200")]
     url: String,
@@ -238,6 +240,9 @@ fn fmt_ns(ns: u64) -> String {
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/search", args.url.trim_end_matches('/'));
     let mut query = vec![("limit", args.limit.to_string())];
+    if let Some(q) = &args.query {
+        query.push(("q", q.clone()));
+    }
     if !args.tags.is_empty() {
         query.push(("tags", args.tags.clone()));
     }

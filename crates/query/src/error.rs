@@ -47,10 +47,6 @@ pub enum QueryError {
     #[error("invalid tags: {0}")]
     InvalidTags(#[from] LogfmtError),
 
-    /// A TraceQL query (`q`) was given; it is not supported yet.
-    #[error("TraceQL (q) is not supported yet: use tags=, minDuration=, maxDuration=")]
-    TraceQlUnsupported,
-
     /// A tag scope we do not know (`scope=` or the prefix of a scoped tag name).
     #[error("{0}")]
     InvalidScope(String),
@@ -107,7 +103,6 @@ impl QueryError {
             | QueryError::InconsistentParams(_)
             | QueryError::InvalidDuration { .. }
             | QueryError::InvalidTags(_)
-            | QueryError::TraceQlUnsupported
             | QueryError::InvalidScope(_)
             | QueryError::Malformed(_) => StatusCode::BAD_REQUEST,
             QueryError::TraceNotFound | QueryError::UnknownPath(_) => StatusCode::NOT_FOUND,
@@ -159,7 +154,7 @@ mod tests {
     fn statuses() {
         assert_eq!(QueryError::TraceNotFound.status(), StatusCode::NOT_FOUND);
         assert_eq!(
-            QueryError::TraceQlUnsupported.status(),
+            QueryError::InvalidScope("x".into()).status(),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(

@@ -35,6 +35,7 @@ pub mod metrics;
 mod params;
 pub mod status;
 pub mod tempo;
+pub mod traceql;
 
 use std::fmt;
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! The Tempo HTTP API: the endpoints Grafana's Tempo data source calls.
 //!
 //! * [`traces`]: trace by id, `/api/traces/{id}` and `/api/v2/traces/{id}`.
-//! * [`search`]: `/api/search` (tags, durations, time range; TraceQL is not supported yet).
+//! * [`search`]: `/api/search` (TraceQL `q`, or tags, durations and time range).
 //! * [`tags`]: tag names and values, v1 and v2.
 
 pub mod search;

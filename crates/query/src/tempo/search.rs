@@ -1,9 +1,13 @@
-//! `GET /api/search`: traces by tags, duration and time range.
+//! `GET /api/search`: traces by TraceQL, or by tags, duration and time range.
 //!
-//! Parameters (as Tempo's): `tags` (logfmt, `service.name=api name="GET /x"`, each pair an
-//! unscoped equality), `minDuration` and `maxDuration` (Go durations), `start` and `end` (unix
-//! seconds), `limit` (traces, default 20) and `spss` (matching spans per trace, default 3).
-//! TraceQL (`q`) is not supported yet and is refused, never ignored.
+//! Parameters (as Tempo's): `q` (a TraceQL query, see [`crate::traceql`]), `tags` (logfmt,
+//! `service.name=api name="GET /x"`, each pair an unscoped equality), `minDuration` and
+//! `maxDuration` (Go durations), `start` and `end` (unix seconds), `limit` (traces, default
+//! 20) and `spss` (matching spans per trace, default 3; with `q`, spans per spanset).
+//!
+//! With `q`, `minDuration` and `maxDuration` are ANDed into every spanset filter as span
+//! duration conditions (as Tempo does), and `tags` is refused (put the conditions in `q`).
+//! A query that does not parse is answered 400 with the column and what was expected.
 //!
 //! The answer is Tempo's `SearchResponse`: 64-bit integers as strings, ids in lowercase hex.
 
@@ -12,13 +16,18 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde_json::{json, Value};
 use sextant_otlp_proto::json::key_value_json;
-use sextant_store::{Condition, MatchedSpan, SearchQuery, SearchResult, TraceHit};
+use sextant_otlp_proto::proto::{Resource, Span};
+use sextant_store::{
+    Condition, MatchedSpan, SearchQuery, SearchResult, StoreError, TimeWindow, TraceHit,
+    TraceReader,
+};
 
 use crate::duration::parse_go_duration;
 use crate::error::QueryError;
 use crate::logfmt::parse_logfmt;
 use crate::params::{self, Params};
 use crate::tempo::blocking;
+use crate::traceql::{self, TraceResult};
 use crate::QueryState;
 
 /// Traces per answer unless `limit` says otherwise (Tempo's default).
@@ -32,6 +41,11 @@ pub(crate) async fn search(
     query: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Value>, QueryError> {
     let Query(params) = query?;
+    if let Some(q) = params::get(&params, "q") {
+        let request = traceql_request(&params, q)?;
+        let result = blocking(&state, move |reader| run_traceql(reader, &request)).await?;
+        return Ok(Json(traceql_response(&result)));
+    }
     let query = search_query(&params)?;
     let result = blocking(&state, move |reader| reader.search(&query)).await?;
     Ok(Json(search_response(&result)))
@@ -48,18 +62,10 @@ fn duration_param(
         .transpose()
 }
 
-/// The store query a request's parameters ask for.
-pub(crate) fn search_query(params: &Params) -> Result<SearchQuery, QueryError> {
-    if params::get(params, "q").is_some() {
-        return Err(QueryError::TraceQlUnsupported);
-    }
-    let conditions = match params::get(params, "tags") {
-        None => Vec::new(),
-        Some(tags) => parse_logfmt(tags)?
-            .into_iter()
-            .map(|(key, value)| Condition::equals(key, value))
-            .collect(),
-    };
+/// `minDuration` and `maxDuration`, refused when the first exceeds the second.
+fn duration_bounds(
+    params: &Params,
+) -> Result<(Option<std::time::Duration>, Option<std::time::Duration>), QueryError> {
     let min_duration = duration_param(params, "minDuration")?;
     let max_duration = duration_param(params, "maxDuration")?;
     if let (Some(min), Some(max)) = (min_duration, max_duration) {
@@ -69,6 +75,121 @@ pub(crate) fn search_query(params: &Params) -> Result<SearchQuery, QueryError> {
             )));
         }
     }
+    Ok((min_duration, max_duration))
+}
+
+/// A TraceQL search, ready to run.
+#[derive(Debug)]
+pub(crate) struct TraceQlRequest {
+    query: traceql::Query,
+    window: TimeWindow,
+    limit: usize,
+    spans_per_set: usize,
+}
+
+/// The TraceQL search a request with `q` asks for.
+pub(crate) fn traceql_request(params: &Params, q: &str) -> Result<TraceQlRequest, QueryError> {
+    if params::get(params, "tags").is_some() {
+        return Err(QueryError::InconsistentParams(
+            "tags and q cannot be combined: put the conditions in the TraceQL query (q)".into(),
+        ));
+    }
+    let query = traceql::parse(q).map_err(|e| QueryError::param("q", q, format!("TraceQL {e}")))?;
+    let (min, max) = duration_bounds(params)?;
+    let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    Ok(TraceQlRequest {
+        query: query.with_span_duration_bounds(min.map(nanos), max.map(nanos)),
+        window: params::time_window(params)?,
+        limit: params::count(params, "limit", DEFAULT_LIMIT)?,
+        spans_per_set: params::count(params, "spss", DEFAULT_SPANS_PER_SPAN_SET)?,
+    })
+}
+
+/// What a TraceQL search found.
+#[derive(Debug, Default)]
+pub(crate) struct TraceQlResult {
+    traces: Vec<TraceResult>,
+    inspected_traces: u64,
+    inspected_bytes: u64,
+}
+
+/// Scans the store with the query's pushed-down filter and evaluates it on each whole trace,
+/// until `limit` traces matched. Newest traces first.
+pub(crate) fn run_traceql(
+    reader: &dyn TraceReader,
+    request: &TraceQlRequest,
+) -> Result<TraceQlResult, StoreError> {
+    let pushed = request.query.prefilter();
+    let prefilter = |span: &Span, resource: Option<&Resource>| {
+        pushed.is_none_or(|f| f.matches_span(span, resource))
+    };
+    let limit = request.limit.max(1);
+    let mut traces = Vec::new();
+    let mut visit = |id, spans: &[_]| {
+        if let Some(hit) = traceql::evaluate(&request.query, id, spans, request.spans_per_set) {
+            traces.push(hit);
+        }
+        traces.len() < limit
+    };
+    let stats = reader.scan(request.window, &prefilter, &mut visit)?;
+    traces.sort_by_key(|t: &TraceResult| std::cmp::Reverse(t.summary.start_ns));
+    Ok(TraceQlResult {
+        traces,
+        inspected_traces: stats.inspected_traces,
+        inspected_bytes: stats.inspected_bytes,
+    })
+}
+
+fn traceql_trace_json(hit: &TraceResult) -> Value {
+    let span_sets: Vec<Value> = hit
+        .span_sets
+        .iter()
+        .map(|set| {
+            let mut v = json!({
+                "spans": set.spans.iter().map(span_json).collect::<Vec<_>>(),
+                "matched": set.matched,
+            });
+            if !set.attributes.is_empty() {
+                v["attributes"] = set.attributes.iter().map(key_value_json).collect();
+            }
+            v
+        })
+        .collect();
+    json!({
+        "traceID": hit.trace_id.to_hex(),
+        "rootServiceName": hit.summary.root_service,
+        "rootTraceName": hit.summary.root_name,
+        "startTimeUnixNano": hit.summary.start_ns.to_string(),
+        "durationMs": hit.summary.duration_ns / 1_000_000,
+        // Deprecated in Tempo, still read by older Grafanas: the first span set.
+        "spanSet": span_sets.first().cloned().unwrap_or(Value::Null),
+        "spanSets": span_sets,
+    })
+}
+
+/// Tempo's `SearchResponse` for a TraceQL result.
+fn traceql_response(result: &TraceQlResult) -> Value {
+    json!({
+        "traces": result.traces.iter().map(traceql_trace_json).collect::<Vec<_>>(),
+        "metrics": {
+            "inspectedTraces": result.inspected_traces,
+            "inspectedBytes": result.inspected_bytes.to_string(),
+            "completedJobs": 1,
+            "totalJobs": 1,
+        },
+    })
+}
+
+/// The store query a request's parameters ask for (a request without `q`).
+pub(crate) fn search_query(params: &Params) -> Result<SearchQuery, QueryError> {
+    let conditions = match params::get(params, "tags") {
+        None => Vec::new(),
+        Some(tags) => parse_logfmt(tags)?
+            .into_iter()
+            .map(|(key, value)| Condition::equals(key, value))
+            .collect(),
+    };
+    let (min_duration, max_duration) = duration_bounds(params)?;
     Ok(SearchQuery {
         conditions,
         min_duration,
@@ -171,10 +292,31 @@ mod tests {
     #[test]
     fn bad_parameters_are_refused() {
         let msg = |p: &[(&str, &str)]| search_query(&params(p)).unwrap_err().to_string();
+        let tql = |p: &[(&str, &str)]| {
+            let q = params::get(&params(p), "q").unwrap_or_default().to_string();
+            traceql_request(&params(p), &q).unwrap_err().to_string()
+        };
         assert_eq!(
-            msg(&[("q", "{ .a = 1 }")]),
-            "TraceQL (q) is not supported yet: use tags=, minDuration=, maxDuration="
+            tql(&[("q", "{ .a = }")]),
+            r#"invalid q "{ .a = }": TraceQL column 8: expected a value after "=", found "}""#
         );
+        assert_eq!(
+            tql(&[("q", "{ }"), ("tags", "a=b")]),
+            "tags and q cannot be combined: put the conditions in the TraceQL query (q)"
+        );
+        assert_eq!(
+            tql(&[("q", "{ }"), ("minDuration", "2s"), ("maxDuration", "1s")]),
+            "minDuration (2s) must not exceed maxDuration (1s)"
+        );
+        assert!(tql(&[("q", "{ }"), ("limit", "x")]).starts_with("invalid limit"));
+        let r = traceql_request(
+            &params(&[("q", "{ }"), ("minDuration", "1ms"), ("spss", "7")]),
+            "{ }",
+        )
+        .unwrap();
+        assert_eq!(r.query, traceql::parse("{ duration >= 1ms }").unwrap());
+        assert_eq!(r.spans_per_set, 7);
+        assert_eq!(r.limit, DEFAULT_LIMIT);
         assert!(msg(&[("minDuration", "5")]).starts_with("invalid minDuration: \"5\""));
         assert!(msg(&[("maxDuration", "1d")]).contains("unknown unit \"d\""));
         assert!(msg(&[("tags", "name=\"x")]).starts_with("invalid tags: "));
@@ -231,5 +373,149 @@ mod tests {
             v["metrics"],
             json!({"inspectedTraces": 7, "inspectedBytes": "1234", "completedJobs": 1, "totalJobs": 1})
         );
+    }
+}
+
+#[cfg(test)]
+mod traceql_scan_tests {
+    use super::*;
+    use sextant_otlp_proto::attr::kv_str;
+    use sextant_otlp_proto::proto::{ResourceSpans, ScopeSpans};
+    use sextant_otlp_proto::TraceId;
+    use sextant_store::{ScanStats, SpanFilter, StoreStats, TagScope, TagValue, TraceVisit};
+    use std::sync::Mutex;
+
+    /// A reader whose scan offers its traces in order, recording what the prefilter let in.
+    struct Fake {
+        traces: Vec<(TraceId, Vec<ResourceSpans>)>,
+        visited: Mutex<Vec<TraceId>>,
+    }
+
+    impl TraceReader for Fake {
+        fn trace(
+            &self,
+            _: TraceId,
+            _: TimeWindow,
+        ) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
+            Ok(None)
+        }
+
+        fn scan(
+            &self,
+            _: TimeWindow,
+            prefilter: &SpanFilter<'_>,
+            visit: &mut TraceVisit<'_>,
+        ) -> Result<ScanStats, StoreError> {
+            let mut stats = ScanStats::default();
+            for (id, trace) in &self.traces {
+                stats.inspected_traces += 1;
+                let passes = trace.iter().any(|rs| {
+                    rs.scope_spans
+                        .iter()
+                        .flat_map(|ss| &ss.spans)
+                        .any(|s| prefilter(s, rs.resource.as_ref()))
+                });
+                if !passes {
+                    continue;
+                }
+                self.visited
+                    .lock()
+                    .map_err(|_| StoreError::Closed)?
+                    .push(*id);
+                if !visit(*id, trace) {
+                    break;
+                }
+            }
+            Ok(stats)
+        }
+
+        fn search(&self, _: &SearchQuery) -> Result<SearchResult, StoreError> {
+            Ok(SearchResult::default())
+        }
+
+        fn tag_names(&self, _: Option<TagScope>) -> Result<Vec<(TagScope, String)>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        fn tag_values(&self, _: Option<TagScope>, _: &str) -> Result<Vec<TagValue>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        fn stats(&self) -> StoreStats {
+            StoreStats::default()
+        }
+    }
+
+    fn trace(n: u8, service: &str, start: u64) -> (TraceId, Vec<ResourceSpans>) {
+        let id = TraceId([n; 16]);
+        let span = Span {
+            trace_id: id.0.to_vec(),
+            span_id: vec![n; 8],
+            name: format!("op{n}"),
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 10,
+            ..Default::default()
+        };
+        let rs = ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv_str("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        (id, vec![rs])
+    }
+
+    fn fake() -> Fake {
+        Fake {
+            traces: vec![
+                trace(1, "api", 300),
+                trace(2, "web", 200),
+                trace(3, "api", 100),
+                trace(4, "api", 50),
+            ],
+            visited: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn request(q: &str, extra: &[(&str, &str)]) -> TraceQlRequest {
+        let mut p: Params = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        p.insert("q".into(), q.into());
+        traceql_request(&p, q).unwrap()
+    }
+
+    #[test]
+    fn the_filter_is_pushed_down_and_limit_stops_the_scan() {
+        let reader = fake();
+        let r = run_traceql(
+            &reader,
+            &request(r#"{ resource.service.name = "api" }"#, &[("limit", "2")]),
+        )
+        .unwrap();
+        let ids: Vec<TraceId> = r.traces.iter().map(|t| t.trace_id).collect();
+        assert_eq!(ids, vec![TraceId([1; 16]), TraceId([3; 16])]);
+        // Trace 2 never reached the evaluator; trace 4 was never read (limit reached).
+        assert_eq!(
+            *reader.visited.lock().unwrap(),
+            vec![TraceId([1; 16]), TraceId([3; 16])]
+        );
+        assert_eq!(r.inspected_traces, 3);
+
+        // `||` cannot be pushed down: every trace is offered.
+        let reader = fake();
+        let r = run_traceql(
+            &reader,
+            &request(r#"{ name = "op2" } || { name = "op4" }"#, &[]),
+        )
+        .unwrap();
+        assert_eq!(r.traces.len(), 2);
+        assert_eq!(reader.visited.lock().unwrap().len(), 4);
     }
 }
