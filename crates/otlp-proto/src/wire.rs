@@ -273,12 +273,14 @@ fn scan<'a>(
 ) -> Result<usize, WireError> {
     let mut r = Reader::new(bytes, 0);
     r.full = full;
+    // One span value reused for every span, so its attribute vector is allocated once.
+    let mut scratch = SpanRef::default();
     let mut spans = 0;
     while !r.done() {
         let (tag, wt) = r.key("ExportTraceServiceRequest")?;
         if tag == 1 {
             let sub = r.message(wt, "ResourceSpans")?;
-            spans += resource_spans(sub, visitor)?;
+            spans += resource_spans(sub, visitor, &mut scratch)?;
         } else {
             r.skip(wt, "ExportTraceServiceRequest")?;
         }
@@ -289,6 +291,7 @@ fn scan<'a>(
 fn resource_spans<'a>(
     mut r: Reader<'a>,
     visitor: &mut impl Visitor<'a>,
+    scratch: &mut SpanRef<'a>,
 ) -> Result<usize, WireError> {
     // The resource may come after the scope spans on the wire: find it first.
     let mut resource_attrs = Vec::new();
@@ -329,7 +332,7 @@ fn resource_spans<'a>(
     while !r.done() {
         let (tag, wt) = r.key("ResourceSpans")?;
         if tag == 2 {
-            spans += scope_spans(r.message(wt, "ScopeSpans")?, visitor)?;
+            spans += scope_spans(r.message(wt, "ScopeSpans")?, visitor, scratch)?;
         } else {
             r.skip(wt, "ResourceSpans")?;
         }
@@ -337,7 +340,11 @@ fn resource_spans<'a>(
     Ok(spans)
 }
 
-fn scope_spans<'a>(mut r: Reader<'a>, visitor: &mut impl Visitor<'a>) -> Result<usize, WireError> {
+fn scope_spans<'a>(
+    mut r: Reader<'a>,
+    visitor: &mut impl Visitor<'a>,
+    scratch: &mut SpanRef<'a>,
+) -> Result<usize, WireError> {
     let mut spans = 0;
     while !r.done() {
         let (tag, wt) = r.key("ScopeSpans")?;
@@ -345,8 +352,8 @@ fn scope_spans<'a>(mut r: Reader<'a>, visitor: &mut impl Visitor<'a>) -> Result<
             1 if !r.full => r.skip(wt, "ScopeSpans")?,
             1 => scope(r.message(wt, "InstrumentationScope")?)?,
             2 => {
-                let s = span(r.message(wt, "Span")?, visitor.wants_attributes())?;
-                visitor.span(&s);
+                span(r.message(wt, "Span")?, visitor.wants_attributes(), scratch)?;
+                visitor.span(scratch);
                 spans += 1;
             }
             3 => {
@@ -376,8 +383,13 @@ fn scope(mut r: Reader<'_>) -> Result<(), WireError> {
     Ok(())
 }
 
-fn span(mut r: Reader<'_>, attributes: bool) -> Result<SpanRef<'_>, WireError> {
-    let mut s = SpanRef::default();
+fn span<'a>(mut r: Reader<'a>, attributes: bool, s: &mut SpanRef<'a>) -> Result<(), WireError> {
+    let mut attrs = std::mem::take(&mut s.attributes);
+    attrs.clear();
+    *s = SpanRef {
+        attributes: attrs,
+        ..SpanRef::default()
+    };
     while !r.done() {
         let (tag, wt) = r.key("Span")?;
         match tag {
@@ -450,7 +462,7 @@ fn span(mut r: Reader<'_>, attributes: bool) -> Result<SpanRef<'_>, WireError> {
             _ => r.skip(wt, "Span")?,
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 fn event(mut r: Reader<'_>) -> Result<(), WireError> {

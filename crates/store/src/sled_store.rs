@@ -161,9 +161,10 @@ impl TagIndex {
         let Some((type_name, text)) = value else {
             return true;
         };
-        text.len() > MAX_TAG_VALUE_LEN
+        // Full keys (high-cardinality ones: ids) first: their values need no hashing.
+        values.len() >= MAX_VALUES_PER_TAG
+            || text.len() > MAX_TAG_VALUE_LEN
             || values.contains(type_name, text)
-            || values.len() >= MAX_VALUES_PER_TAG
     }
 
     /// Records a tag found unknown by [`Self::is_known`], pushing the `tags` tree keys that are
