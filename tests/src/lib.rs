@@ -258,6 +258,8 @@ pub struct Server {
     pub http_addr: SocketAddr,
     /// The query (Tempo API) address.
     pub query_addr: SocketAddr,
+    /// The Jaeger query API address.
+    pub jaeger_addr: SocketAddr,
     /// How many times this server has been started.
     pub generation: u32,
 }
@@ -288,6 +290,7 @@ impl Server {
             grpc_addr: ([127, 0, 0, 1], 0).into(),
             http_addr: ([127, 0, 0, 1], 0).into(),
             query_addr: ([127, 0, 0, 1], 0).into(),
+            jaeger_addr: ([127, 0, 0, 1], 0).into(),
             generation: 0,
         };
         server.spawn();
@@ -304,6 +307,7 @@ impl Server {
             .args(["--otlp-grpc-addr", "127.0.0.1:0"])
             .args(["--otlp-http-addr", "127.0.0.1:0"])
             .args(["--query-addr", "127.0.0.1:0"])
+            .args(["--jaeger-addr", "127.0.0.1:0"])
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -332,7 +336,7 @@ impl Server {
         self.child = Some(child);
 
         let deadline = Instant::now() + READY_TIMEOUT;
-        let (mut grpc, mut http, mut query) = (None, None, None);
+        let (mut grpc, mut http, mut query, mut jaeger) = (None, None, None, None);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -350,6 +354,8 @@ impl Server {
                         http = Some(a);
                     } else if let Some(a) = addr("query listening on ") {
                         query = Some(a);
+                    } else if let Some(a) = addr("jaeger listening on ") {
+                        jaeger = Some(a);
                     } else if line == "ready" {
                         break;
                     }
@@ -371,16 +377,23 @@ impl Server {
                 }
             }
         }
-        let (Some(grpc), Some(http), Some(query)) = (grpc, http, query) else {
+        let (Some(grpc), Some(http), Some(query), Some(jaeger)) = (grpc, http, query, jaeger)
+        else {
             self.fail_start(&format!(
-                "server printed `ready` without all three `... listening on` lines \
-                 (grpc {grpc:?}, http {http:?}, query {query:?})"
+                "server printed `ready` without all four `... listening on` lines \
+                 (grpc {grpc:?}, http {http:?}, query {query:?}, jaeger {jaeger:?})"
             ))
         };
         self.grpc_addr = grpc;
         self.http_addr = http;
         self.query_addr = query;
-        for addr in [self.grpc_addr, self.http_addr, self.query_addr] {
+        self.jaeger_addr = jaeger;
+        for addr in [
+            self.grpc_addr,
+            self.http_addr,
+            self.query_addr,
+            self.jaeger_addr,
+        ] {
             assert!(
                 addr.ip().is_loopback() && addr.port() != 0,
                 "server reported a bad address {addr}"
@@ -428,6 +441,11 @@ impl Server {
     /// `http://127.0.0.1:PORT` of the query API.
     pub fn query_url(&self) -> String {
         format!("http://{}", self.query_addr)
+    }
+
+    /// The Jaeger query API's base URL.
+    pub fn jaeger_url(&self) -> String {
+        format!("http://{}", self.jaeger_addr)
     }
 
     /// What the server wrote to stderr since its last start.

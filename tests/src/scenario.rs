@@ -313,6 +313,7 @@ pub async fn check_all(server: &Server, sent: &Expect) {
     assert_eq!(absent.status, 404, "absent trace: {}", absent.text());
 
     check_search(server, sent).await;
+    check_jaeger(server, sent).await;
     check_tags(server, sent).await;
 }
 
@@ -570,4 +571,56 @@ pub async fn check_search(server: &Server, sent: &Expect) {
     }
     let (ids, value) = e2e::search(server, &q("{ span.cart.items = 4 }")).await;
     assert!(!has(&ids), "{{ span.cart.items = 4 }} found {id}: {value}");
+}
+
+/// The Jaeger query API on its own port finds the same trace: services, search by service,
+/// trace by id with one process per service and the parent links as CHILD_OF references.
+pub async fn check_jaeger(server: &Server, sent: &Expect) {
+    let j = server.jaeger_url();
+    let services = e2e::get_json(&format!("{j}/api/services")).await;
+    for s in &sent.services {
+        assert!(
+            services["data"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|v| v == s.as_str())),
+            "/api/services lacks {s}: {services}"
+        );
+    }
+    let found = e2e::get_json(&format!(
+        "{j}/api/traces?service={}&limit=20",
+        sent.services[0]
+    ))
+    .await;
+    let ids: Vec<&str> = found["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|t| t["traceID"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        ids.iter().any(|t| e2e::same_trace_id(t, &sent.trace_id)),
+        "Jaeger search by service {} lacks {}: {found}",
+        sent.services[0],
+        sent.trace_id
+    );
+    let trace = e2e::get_json(&format!("{j}/api/traces/{}", sent.trace_id)).await;
+    let t = &trace["data"][0];
+    let spans = t["spans"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(spans, 6, "Jaeger trace by id: {trace}");
+    let processes = t["processes"].as_object().map(|p| p.len()).unwrap_or(0);
+    assert_eq!(processes, 3, "one process per service: {trace}");
+    let child_of = t["spans"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|span| {
+                    span["references"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["refType"] == "CHILD_OF"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        child_of, 5,
+        "every span but the root has a CHILD_OF reference: {trace}"
+    );
 }

@@ -3,6 +3,10 @@
 //! `ingest` measures the OTLP/gRPC ingestion of the all-in-one server against the floor set by
 //! `sextant null-server` (transport plus decoding, nothing stored), with the same load from
 //! `sextant gen`, in one run so that both see the same machine.
+//!
+//! `sdk` measures what `sextant-sdk` costs an axum service: the same service plain and
+//! instrumented (a server span per request, batch-exported over OTLP/gRPC to a
+//! `sextant null-server`), in alternating rounds of one run.
 
 use std::fs;
 use std::path::Path;
@@ -17,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::util::{self, cargo, secs, target_dir, ChildGuard, Lines, TempDir};
 
-const KNOWN: &[&str] = &["ingest"];
+const KNOWN: &[&str] = &["ingest", "sdk"];
 
 /// The targets printed next to the figures.
 const TARGET_SPANS_PER_SEC: f64 = 100_000.0;
@@ -89,6 +93,7 @@ pub fn run(args: &[String]) -> Result<()> {
     for name in names {
         match name {
             "ingest" => ingest(&opts)?,
+            "sdk" => sdk()?,
             _ => unreachable!("checked against KNOWN"),
         }
     }
@@ -245,6 +250,103 @@ fn ingest(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Targets of the sdk benchmark.
+const TARGET_SDK_US_PER_SPAN: f64 = 2.0;
+const TARGET_SDK_LOSS_PCT: f64 = 5.0;
+
+fn sdk() -> Result<()> {
+    println!("==> cargo build --release -p sextant-cli, and the sdk's overhead example");
+    util::run(cargo().args(["build", "--release", "-p", "sextant-cli"]))?;
+    util::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "sextant-sdk",
+        "--example",
+        "overhead",
+    ]))?;
+    let bin = target_dir().join("release").join("sextant");
+    let example = target_dir()
+        .join("release")
+        .join("examples")
+        .join("overhead");
+    let scratch = TempDir::new("sextant-bench-sdk")?;
+    let log = scratch.path().join("null-server.log");
+    let mut server = ChildGuard::spawn(
+        "null-server",
+        Command::new(&bin)
+            .args(["null-server", "--addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&log)?),
+        Some(log),
+    )?;
+    let lines = Lines::new(server.take_stdout().context("no stdout")?);
+    let addr = lines.wait_for(
+        &mut server,
+        "`null-server listening on ADDR`",
+        STARTUP_TIMEOUT,
+        |l| {
+            l.strip_prefix("null-server listening on ")
+                .map(|a| a.trim().to_string())
+        },
+    )?;
+    println!("\n==> overhead example -> http://{addr}");
+    let out = Command::new(&example)
+        .args(["--endpoint", &format!("http://{addr}")])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", example.display()))?;
+    server.terminate(SHUTDOWN_TIMEOUT)?;
+    if !out.status.success() {
+        bail!("the overhead example failed with {}", out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .context("the overhead example printed no JSON report")?;
+    let cost = num(&report, "cost_per_span_us");
+    let loss = num(&report, "throughput_loss_percent");
+    let check = |ok: bool| if ok { "ok" } else { "MISSED" };
+    let cores = util::nproc();
+    println!();
+    println!(
+        "sdk benchmark: one process drives an axum service in-process, plain and instrumented in alternating rounds \
+         (CPU time of the whole process, the exporter's threads included; the null-server receiving the spans is \
+         another process on the same {cores} cores)"
+    );
+    println!("{:<40}{:>12}   target", "", "value");
+    println!(
+        "{:<40}{:>9.2} µs",
+        "  plain, CPU per request",
+        num(&report, "plain_cpu_us_per_request")
+    );
+    println!(
+        "{:<40}{:>9.2} µs",
+        "  instrumented, CPU per request",
+        num(&report, "instrumented_cpu_us_per_request")
+    );
+    println!(
+        "{:<40}{:>9.2} µs   <= {TARGET_SDK_US_PER_SPAN} µs   {}",
+        "  cost per span",
+        cost,
+        check(cost <= TARGET_SDK_US_PER_SPAN)
+    );
+    println!(
+        "{:<40}{:>9.1} %    <= {TARGET_SDK_LOSS_PCT} %    {}",
+        "  throughput loss",
+        loss,
+        check(loss <= TARGET_SDK_LOSS_PCT)
+    );
+    let dir = target_dir().join("bench");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("sdk.json"), serde_json::to_string_pretty(&report)?)?;
+    println!("  report written to {}", dir.join("sdk.json").display());
+    Ok(())
+}
+
 fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(0.0)
 }
@@ -314,6 +416,8 @@ fn run_all_in_one(bin: &Path, opts: &Options, scratch: &Path) -> Result<AioRun> 
                 "--otlp-http-addr",
                 "127.0.0.1:0",
                 "--query-addr",
+                "127.0.0.1:0",
+                "--jaeger-addr",
                 "127.0.0.1:0",
             ])
             .stdin(Stdio::null())

@@ -32,6 +32,9 @@ pub struct AllInOneArgs {
     /// Tempo-compatible query API listen address [default: 127.0.0.1:3200]
     #[arg(long)]
     query_addr: Option<String>,
+    /// Jaeger-compatible query API listen address [default: 127.0.0.1:16686]
+    #[arg(long)]
+    jaeger_addr: Option<String>,
     /// Memory limiter: refuse data while the process RSS is above this minus the spike limit
     #[arg(long)]
     memory_limit_mib: Option<u64>,
@@ -54,6 +57,9 @@ impl AllInOneArgs {
         }
         if let Some(v) = &self.query_addr {
             f = f.merge(Serialized::default("query_addr", v));
+        }
+        if let Some(v) = &self.jaeger_addr {
+            f = f.merge(Serialized::default("jaeger_addr", v));
         }
         if let Some(v) = self.memory_limit_mib {
             f = f.merge(Serialized::default("collector.memory_limiter.limit_mib", v));
@@ -101,6 +107,7 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
     let grpc = bind("otlp-grpc", &cfg.otlp_grpc_addr).await?;
     let http = bind("otlp-http", &cfg.otlp_http_addr).await?;
     let query = bind("query", &cfg.query_addr).await?;
+    let jaeger = bind("jaeger", &cfg.jaeger_addr).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -123,6 +130,15 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
         Arc::new(registry),
         env!("CARGO_PKG_VERSION"),
     );
+    let jaeger_task = {
+        let router = sextant_query::jaeger::router(state.clone());
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            axum::serve(jaeger, router)
+                .with_graceful_shutdown(stop)
+                .await
+        })
+    };
     let query_task = tokio::spawn(sextant_query::serve(query, state, stopped(stop_rx.clone())));
     println!("ready");
     tracing::info!(data_dir = %cfg.data_dir.display(), "sextant all-in-one ready");
@@ -140,6 +156,9 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     if let Ok(Err(e)) = query_task.await {
         tracing::error!(error = %e, "query server failed");
+    }
+    if let Ok(Err(e)) = jaeger_task.await {
+        tracing::error!(error = %e, "jaeger query server failed");
     }
     store.close().context("flushing the store")?;
     tracing::info!("stopped");

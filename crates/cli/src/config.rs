@@ -30,6 +30,8 @@ pub struct AllInOneConfig {
     pub otlp_http_addr: String,
     /// The Tempo-compatible query API.
     pub query_addr: String,
+    /// The Jaeger-compatible query API (what the Jaeger UI and Grafana's Jaeger data source call).
+    pub jaeger_addr: String,
     pub store: StoreSettings,
     pub collector: CollectorConfig,
 }
@@ -41,6 +43,7 @@ impl Default for AllInOneConfig {
             otlp_grpc_addr: "127.0.0.1:4317".into(),
             otlp_http_addr: "127.0.0.1:4318".into(),
             query_addr: "127.0.0.1:3200".into(),
+            jaeger_addr: "127.0.0.1:16686".into(),
             store: StoreSettings::default(),
             collector: CollectorConfig::default(),
         }
@@ -117,6 +120,7 @@ fn validate(c: &AllInOneConfig) -> anyhow::Result<()> {
         ("otlp_grpc_addr", &c.otlp_grpc_addr),
         ("otlp_http_addr", &c.otlp_http_addr),
         ("query_addr", &c.query_addr),
+        ("jaeger_addr", &c.jaeger_addr),
     ] {
         addr.parse::<std::net::SocketAddr>().with_context(|| {
             format!("invalid configuration: {name}: {addr:?} is not an address like 127.0.0.1:4317")

@@ -30,6 +30,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod jaeger;
 pub mod logfmt;
 pub mod metrics;
 mod params;

@@ -63,6 +63,7 @@ impl AllInOne {
             .args(["--otlp-grpc-addr", "127.0.0.1:0"])
             .args(["--otlp-http-addr", "127.0.0.1:0"])
             .args(["--query-addr", "127.0.0.1:0"])
+            .args(["--jaeger-addr", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
