@@ -421,6 +421,64 @@ async fn search_prints_a_table_with_the_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_and_deps_print_the_service_graph() {
+    let server = Server::start(&[]);
+    send_trace(&server).await;
+    send_trace(&server).await;
+    let out = sextant(args(&["services", "--url", &server.query_url()]), vec![]).await;
+    assert!(
+        out.status.success(),
+        "sextant services failed:\n{}",
+        out.describe()
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec!["checkout", "frontend", "inventory"],
+        "{}",
+        out.describe()
+    );
+
+    let out = sextant(
+        args(&["deps", "--jaeger-url", &server.jaeger_url()]),
+        vec![],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "sextant deps failed:\n{}",
+        out.describe()
+    );
+    // frontend -> checkout -> inventory, twice each.
+    let text = &out.stdout;
+    assert!(
+        text.contains("frontend\n  └─▶ checkout   2 call(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("checkout\n  └─▶ inventory  2 call(s)"),
+        "{text}"
+    );
+
+    let out = sextant(
+        args(&[
+            "deps",
+            "--jaeger-url",
+            &server.jaeger_url(),
+            "--lookback",
+            "soon",
+        ]),
+        vec![],
+    )
+    .await;
+    assert!(
+        !out.status.success() && out.stderr.contains("--lookback"),
+        "a bad --lookback should fail naming it:\n{}",
+        out.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ids_and_unreachable_servers_fail_clearly() {
     let server = Server::start(&[]);
     let url = server.query_url();

@@ -47,6 +47,27 @@ pub struct SearchArgs {
     end: Option<u64>,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct ServicesArgs {
+    /// Query API base URL
+    #[arg(long, env = "SEXTANT_URL", default_value = "http://127.0.0.1:3200")]
+    url: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DepsArgs {
+    /// Jaeger query API base URL
+    #[arg(
+        long,
+        env = "SEXTANT_JAEGER_URL",
+        default_value = "http://127.0.0.1:16686"
+    )]
+    jaeger_url: String,
+    /// How far back to look (a duration: 1h, 30m, 7d)
+    #[arg(long, default_value = "24h")]
+    lookback: String,
+}
+
 fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -383,5 +404,116 @@ mod tests {
             ["value".to_string(), "x".to_string()],
         ];
         assert_eq!(render_table(&rows), "A      LONG HEADER\nvalue  x\n");
+    }
+}
+
+pub async fn services(args: ServicesArgs) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/api/search/tag/service.name/values",
+        args.url.trim_end_matches('/')
+    );
+    let doc = get_json(&url, &[]).await?;
+    let mut names: Vec<String> = doc
+        .get("tagValues")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for n in &names {
+        println!("{n}");
+    }
+    eprintln!("{} service(s)", names.len());
+    Ok(())
+}
+
+pub async fn deps(args: DepsArgs) -> anyhow::Result<()> {
+    let lookback = humantime::parse_duration(&args.lookback).map_err(|e| {
+        anyhow::anyhow!(
+            "--lookback {:?} is not a duration like 1h or 30m: {e}",
+            args.lookback
+        )
+    })?;
+    let url = format!("{}/api/dependencies", args.jaeger_url.trim_end_matches('/'));
+    let end_ms = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let doc = get_json(
+        &url,
+        &[
+            ("endTs", end_ms.to_string()),
+            ("lookback", lookback.as_millis().to_string()),
+        ],
+    )
+    .await?;
+    let edges = doc
+        .get("data")
+        .and_then(|d| d.as_array())
+        .cloned()
+        .unwrap_or_default();
+    print!("{}", render_deps(&edges));
+    Ok(())
+}
+
+/// Renders `[{parent, child, callCount}]` as a text graph: each caller, then what it calls.
+pub fn render_deps(edges: &[serde_json::Value]) -> String {
+    let mut by_parent: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for e in edges {
+        let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        let calls = e.get("callCount").and_then(|v| v.as_u64()).unwrap_or(0);
+        by_parent
+            .entry(s("parent"))
+            .or_default()
+            .push((s("child"), calls));
+    }
+    if by_parent.is_empty() {
+        return "no calls between services in this window\n".to_string();
+    }
+    let width = by_parent
+        .values()
+        .flatten()
+        .map(|(c, _)| c.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (parent, mut children) in by_parent {
+        children.sort();
+        out.push_str(&format!("{parent}\n"));
+        for (i, (child, calls)) in children.iter().enumerate() {
+            let branch = if i + 1 == children.len() {
+                "└─▶"
+            } else {
+                "├─▶"
+            };
+            let pad = " ".repeat(width - child.chars().count());
+            out.push_str(&format!("  {branch} {child}{pad}  {calls} call(s)\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod deps_tests {
+    use super::*;
+
+    #[test]
+    fn deps_render_as_a_tree_per_caller() {
+        let edges = vec![
+            serde_json::json!({"parent": "frontend", "child": "api", "callCount": 2}),
+            serde_json::json!({"parent": "api", "child": "db", "callCount": 1}),
+            serde_json::json!({"parent": "frontend", "child": "auth", "callCount": 5}),
+        ];
+        assert_eq!(
+            render_deps(&edges),
+            "api\n  └─▶ db    1 call(s)\nfrontend\n  ├─▶ api   2 call(s)\n  └─▶ auth  5 call(s)\n"
+        );
+        assert_eq!(
+            render_deps(&[]),
+            "no calls between services in this window\n"
+        );
     }
 }

@@ -35,6 +35,10 @@ enum Command {
     Trace(client::TraceArgs),
     /// Search traces and print a table.
     Search(client::SearchArgs),
+    /// List the services that sent spans.
+    Services(client::ServicesArgs),
+    /// Print the service graph (who calls whom, how often) from the Jaeger API.
+    Deps(client::DepsArgs),
     /// Send generated OTLP load to a gRPC endpoint and report throughput and latency.
     Gen(gen::GenArgs),
     /// An OTLP/gRPC server that decodes and drops: the transport's floor for benchmarks.
@@ -66,6 +70,8 @@ fn main() -> std::process::ExitCode {
             Command::AllInOne(args) => all_in_one::run(args).await,
             Command::Trace(args) => client::trace(args).await,
             Command::Search(args) => client::search(args).await,
+            Command::Services(args) => client::services(args).await,
+            Command::Deps(args) => client::deps(args).await,
             Command::Gen(args) => gen::run(args).await,
             Command::NullServer(args) => null_server::run(args).await,
         }
