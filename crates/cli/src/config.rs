@@ -62,7 +62,7 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            cache_mib: 64,
+            cache_mib: 32,
             compression_level: -1,
         }
     }

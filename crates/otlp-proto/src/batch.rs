@@ -7,7 +7,10 @@
 use prost::bytes::Bytes;
 use prost::Message;
 
+use std::sync::Arc;
+
 use crate::proto::{ExportTraceServiceRequest, ResourceSpans};
+use crate::wire::Recorded;
 
 /// Spans moving through the pipeline: moved, never cloned wholesale.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -16,6 +19,9 @@ pub struct SpanBatch {
     pub decoded: Vec<ResourceSpans>,
     /// Validated protobuf `ExportTraceServiceRequest`s (equivalently `TracesData`).
     pub encoded: Vec<Bytes>,
+    /// For each part of `encoded` (by position; missing = none), what its validating scan saw,
+    /// so that the store need not parse it again.
+    pub recorded: Vec<Option<Arc<Recorded>>>,
     /// Spans in both parts together.
     pub span_count: usize,
 }
@@ -26,26 +32,51 @@ impl SpanBatch {
         let span_count = crate::span_count(&resource_spans);
         Self {
             decoded: resource_spans,
-            encoded: Vec::new(),
             span_count,
+            ..Default::default()
         }
+    }
+
+    /// A batch of bytes validated by [`crate::wire::scan_request`] with a
+    /// [`crate::wire::Recorder`], with what the scan recorded.
+    pub fn from_scanned(bytes: Bytes, recorded: Recorded) -> Self {
+        Self {
+            span_count: recorded.span_count(),
+            encoded: vec![bytes],
+            recorded: vec![Some(Arc::new(recorded))],
+            ..Default::default()
+        }
+    }
+
+    /// What the validating scan recorded of encoded part `i`, if anything.
+    pub fn recorded(&self, i: usize) -> Option<&Recorded> {
+        self.recorded.get(i).and_then(|r| r.as_deref())
     }
 
     /// A batch of bytes already validated by [`crate::wire::scan_request`], holding `span_count`
     /// spans.
     pub fn from_encoded(bytes: Bytes, span_count: usize) -> Self {
         Self {
-            decoded: Vec::new(),
             encoded: vec![bytes],
             span_count,
+            ..Default::default()
         }
     }
 
     /// Moves `other`'s spans into this batch.
     pub fn append(&mut self, other: SpanBatch) {
-        self.decoded.extend(other.decoded);
-        self.encoded.extend(other.encoded);
-        self.span_count += other.span_count;
+        let SpanBatch {
+            decoded,
+            encoded,
+            mut recorded,
+            span_count,
+        } = other;
+        self.recorded.resize(self.encoded.len(), None);
+        recorded.resize(encoded.len(), None);
+        self.decoded.extend(decoded);
+        self.encoded.extend(encoded);
+        self.recorded.extend(recorded);
+        self.span_count += span_count;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,6 +91,7 @@ impl SpanBatch {
 
     /// Decodes the encoded part, so that every span is in `decoded`.
     pub fn decode(&mut self) -> Result<&mut Vec<ResourceSpans>, prost::DecodeError> {
+        self.recorded.clear();
         for bytes in std::mem::take(&mut self.encoded) {
             let req = ExportTraceServiceRequest::decode(bytes)?;
             self.decoded.extend(req.resource_spans);

@@ -82,6 +82,226 @@ impl<'a> Visitor<'a> for CountSpans {
     fn span(&mut self, _span: &SpanRef<'a>) {}
 }
 
+/// What a validating scan saw, kept as offsets into the scanned bytes, so that a later stage
+/// can be shown the same resources and spans ([`Recorded::replay`]) without parsing the
+/// protobuf again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    /// Per resource: its first span, its first attribute and its attribute count.
+    resources: Vec<(u32, u32, u32)>,
+    spans: Vec<RecSpan>,
+    attrs: Vec<RecAttr>,
+    /// The length of the bytes scanned (replay checks it).
+    len: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Range(u32, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RecValue {
+    Str(Range),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(Range),
+    Composite,
+    Empty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RecAttr {
+    key: Range,
+    value: RecValue,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RecSpan {
+    trace_id: Range,
+    span_id: Range,
+    parent_span_id: Range,
+    name: Range,
+    kind: i32,
+    start_time_unix_nano: u64,
+    end_time_unix_nano: u64,
+    status_code: i32,
+    first_attr: u32,
+    attr_count: u32,
+}
+
+/// The visitor that fills a [`Recorded`].
+pub struct Recorder<'b> {
+    base: &'b [u8],
+    rec: Recorded,
+}
+
+impl<'b> Recorder<'b> {
+    /// A recorder for a scan of `bytes`.
+    pub fn new(bytes: &'b [u8]) -> Self {
+        Self {
+            base: bytes,
+            rec: Recorded {
+                len: bytes.len(),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn finish(self) -> Recorded {
+        self.rec
+    }
+
+    fn range(&self, part: &[u8]) -> Range {
+        // Every slice a scan hands out lies inside the scanned bytes.
+        let start = (part.as_ptr() as usize).saturating_sub(self.base.as_ptr() as usize);
+        Range(start as u32, part.len() as u32)
+    }
+
+    fn attr(&self, kv: &KeyValueRef<'_>) -> RecAttr {
+        let value = match kv.value {
+            ValueRef::Str(s) => RecValue::Str(self.range(s.as_bytes())),
+            ValueRef::Bool(b) => RecValue::Bool(b),
+            ValueRef::Int(i) => RecValue::Int(i),
+            ValueRef::Double(d) => RecValue::Double(d),
+            ValueRef::Bytes(b) => RecValue::Bytes(self.range(b)),
+            ValueRef::Composite => RecValue::Composite,
+            ValueRef::Empty => RecValue::Empty,
+        };
+        RecAttr {
+            key: self.range(kv.key.as_bytes()),
+            value,
+        }
+    }
+}
+
+impl<'a> Visitor<'a> for Recorder<'_> {
+    fn resource(&mut self, attributes: &[KeyValueRef<'a>]) {
+        let first = self.rec.attrs.len() as u32;
+        for kv in attributes {
+            let a = self.attr(kv);
+            self.rec.attrs.push(a);
+        }
+        self.rec
+            .resources
+            .push((self.rec.spans.len() as u32, first, attributes.len() as u32));
+    }
+
+    fn span(&mut self, span: &SpanRef<'a>) {
+        let first_attr = self.rec.attrs.len() as u32;
+        for kv in &span.attributes {
+            let a = self.attr(kv);
+            self.rec.attrs.push(a);
+        }
+        let rec = RecSpan {
+            trace_id: self.range(span.trace_id),
+            span_id: self.range(span.span_id),
+            parent_span_id: self.range(span.parent_span_id),
+            name: self.range(span.name.as_bytes()),
+            kind: span.kind,
+            start_time_unix_nano: span.start_time_unix_nano,
+            end_time_unix_nano: span.end_time_unix_nano,
+            status_code: span.status_code,
+            first_attr,
+            attr_count: span.attributes.len() as u32,
+        };
+        self.rec.spans.push(rec);
+    }
+}
+
+impl Recorded {
+    /// The number of spans recorded.
+    pub fn span_count(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Shows `visitor` what the recording scan saw, reading strings from `bytes`, which must be
+    /// the bytes that were scanned.
+    pub fn replay<'a>(
+        &self,
+        bytes: &'a [u8],
+        visitor: &mut impl Visitor<'a>,
+    ) -> Result<usize, WireError> {
+        let bad = |problem: &str| WireError {
+            offset: 0,
+            context: "Recorded",
+            problem: problem.to_string(),
+        };
+        if bytes.len() != self.len {
+            return Err(bad("replayed over other bytes than were scanned"));
+        }
+        let slice = |r: Range| -> Result<&'a [u8], WireError> {
+            bytes
+                .get(r.0 as usize..r.0 as usize + r.1 as usize)
+                .ok_or_else(|| bad("a recorded range lies outside the bytes"))
+        };
+        let text = |r: Range| -> Result<&'a str, WireError> {
+            std::str::from_utf8(slice(r)?).map_err(|_| bad("a recorded string is not UTF-8"))
+        };
+        let attr = |a: &RecAttr| -> Result<KeyValueRef<'a>, WireError> {
+            Ok(KeyValueRef {
+                key: text(a.key)?,
+                value: match a.value {
+                    RecValue::Str(r) => ValueRef::Str(text(r)?),
+                    RecValue::Bool(b) => ValueRef::Bool(b),
+                    RecValue::Int(i) => ValueRef::Int(i),
+                    RecValue::Double(d) => ValueRef::Double(d),
+                    RecValue::Bytes(r) => ValueRef::Bytes(slice(r)?),
+                    RecValue::Composite => ValueRef::Composite,
+                    RecValue::Empty => ValueRef::Empty,
+                },
+            })
+        };
+        let mut scratch = SpanRef::default();
+        let mut resource_attrs = Vec::new();
+        for (i, &(first_span, first_attr, count)) in self.resources.iter().enumerate() {
+            let end_span = self
+                .resources
+                .get(i + 1)
+                .map(|r| r.0)
+                .unwrap_or(self.spans.len() as u32);
+            resource_attrs.clear();
+            for a in self
+                .attrs
+                .get(first_attr as usize..(first_attr + count) as usize)
+                .ok_or_else(|| bad("recorded attributes out of range"))?
+            {
+                resource_attrs.push(attr(a)?);
+            }
+            visitor.resource(&resource_attrs);
+            let spans = self
+                .spans
+                .get(first_span as usize..end_span as usize)
+                .ok_or_else(|| bad("recorded spans out of range"))?;
+            for s in spans {
+                let mut attrs = std::mem::take(&mut scratch.attributes);
+                attrs.clear();
+                if visitor.wants_attributes() {
+                    for a in self
+                        .attrs
+                        .get(s.first_attr as usize..(s.first_attr + s.attr_count) as usize)
+                        .ok_or_else(|| bad("recorded attributes out of range"))?
+                    {
+                        attrs.push(attr(a)?);
+                    }
+                }
+                scratch = SpanRef {
+                    trace_id: slice(s.trace_id)?,
+                    span_id: slice(s.span_id)?,
+                    parent_span_id: slice(s.parent_span_id)?,
+                    name: text(s.name)?,
+                    kind: s.kind,
+                    start_time_unix_nano: s.start_time_unix_nano,
+                    end_time_unix_nano: s.end_time_unix_nano,
+                    status_code: s.status_code,
+                    attributes: attrs,
+                };
+                visitor.span(&scratch);
+            }
+        }
+        Ok(self.spans.len())
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -716,6 +936,15 @@ mod tests {
         assert_eq!(scan_validated(&bytes, &mut fast).unwrap(), 2);
         assert_eq!(fast.spans, c.spans);
         assert_eq!(fast.resources, c.resources);
+        // A recording replays exactly what the scan saw.
+        let mut rec = Recorder::new(&bytes);
+        scan_request(&bytes, &mut rec).unwrap();
+        let rec = rec.finish();
+        let mut again = Collect::default();
+        assert_eq!(rec.replay(&bytes, &mut again).unwrap(), 2);
+        assert_eq!(again.spans, c.spans);
+        assert_eq!(again.resources, c.resources);
+        assert!(rec.replay(&bytes[1..], &mut Collect::default()).is_err());
         // Concatenated requests are one valid request.
         let twice = [bytes.clone(), bytes].concat();
         assert_eq!(scan_request(&twice, &mut Collect::default()).unwrap(), 4);

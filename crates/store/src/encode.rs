@@ -12,7 +12,7 @@ use prost::bytes::Bytes;
 use prost::Message;
 use sextant_otlp_proto::proto::{ResourceSpans, TracesData};
 use sextant_otlp_proto::wire::{
-    scan_request, scan_validated, KeyValueRef, SpanRef, ValueRef, Visitor,
+    scan_request, scan_validated, KeyValueRef, Recorded, SpanRef, ValueRef, Visitor,
 };
 use sextant_otlp_proto::{SpanBatch, TraceId};
 
@@ -243,6 +243,7 @@ impl<'a> Visitor<'a> for Indexer<'_> {
 fn index(
     parts: &[Bytes],
     validated_parts: usize,
+    recorded: &[Option<std::sync::Arc<Recorded>>],
     known: &KnownTag<'_>,
 ) -> Result<Option<Index>, StoreError> {
     let mut ix = Indexer {
@@ -260,10 +261,11 @@ fn index(
         buf: String::new(),
     };
     for (i, part) in parts.iter().enumerate() {
-        let scanned = if i < validated_parts {
-            scan_validated(part, &mut ix)
-        } else {
-            scan_request(part, &mut ix)
+        let scanned = match recorded.get(i).and_then(|r| r.as_deref()) {
+            // What the receiver's scan saw: no second parse.
+            Some(rec) if i < validated_parts => rec.replay(part, &mut ix),
+            _ if i < validated_parts => scan_validated(part, &mut ix),
+            _ => scan_request(part, &mut ix),
         };
         scanned.map_err(|e| StoreError::InvalidData(e.to_string()))?;
         if ix.invalid {
@@ -286,6 +288,7 @@ pub fn encode_batch(
     let mut rejected_spans = 0;
     let mut rejection = String::new();
     let mut parts = batch.encoded;
+    let recorded = batch.recorded;
     let validated = parts.len();
     if !batch.decoded.is_empty() {
         parts.push(Bytes::from(
@@ -295,7 +298,7 @@ pub fn encode_batch(
             .encode_to_vec(),
         ));
     }
-    let index = match index(&parts, validated, known)? {
+    let index = match index(&parts, validated, &recorded, known)? {
         Some(ix) => ix,
         None => {
             let mut all = SpanBatch {
@@ -314,7 +317,7 @@ pub fn encode_batch(
                 }
                 .encode_to_vec(),
             )];
-            index(&parts, 0, known)?
+            index(&parts, 0, &[], known)?
                 .ok_or_else(|| StoreError::InvalidData("invalid trace ids remain".into()))?
         }
     };
@@ -520,6 +523,19 @@ mod tests {
             sextant_otlp_proto::span_count(&decode_payload(b"k", payload).unwrap()),
             4
         );
+        // The receiver's recording gives the same index as a scan.
+        let bytes = Bytes::from(req.encode_to_vec());
+        let mut rec = sextant_otlp_proto::wire::Recorder::new(&bytes);
+        sextant_otlp_proto::wire::scan_request(&bytes, &mut rec).unwrap();
+        let scanned = SpanBatch::from_scanned(bytes.clone(), rec.finish());
+        let replayed = encode_batch(scanned, 5, 1, &|_, key, _| key == "known").unwrap();
+        let plain = encode_batch(SpanBatch::from_encoded(bytes, 2), 5, 1, &|_, key, _| {
+            key == "known"
+        })
+        .unwrap();
+        assert_eq!(replayed.traces, plain.traces);
+        assert_eq!(replayed.new_tags, plain.new_tags);
+        assert_eq!(replayed.meta, plain.meta);
         // Garbage in an encoded part is refused, not stored.
         let bad = SpanBatch::from_encoded(Bytes::from_static(b"\xff\xff"), 1);
         assert!(matches!(

@@ -31,10 +31,10 @@ use crate::{Consumer, TraceBatch};
 pub const SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// A request that passed the scan: its bytes and its span count.
+/// A request that passed the scan: its bytes and what the scan recorded.
 pub struct ValidatedRequest {
     pub bytes: Bytes,
-    pub spans: usize,
+    pub recorded: wire::Recorded,
 }
 
 /// Decodes requests by validating them; encodes responses with prost.
@@ -77,9 +77,11 @@ impl Decoder for RequestDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
-        let spans = wire::scan_request(&bytes, &mut wire::CountSpans)
+        let mut recorder = wire::Recorder::new(&bytes);
+        wire::scan_request(&bytes, &mut recorder)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Some(ValidatedRequest { bytes, spans }))
+        let recorded = recorder.finish();
+        Ok(Some(ValidatedRequest { bytes, recorded }))
     }
 }
 
@@ -95,7 +97,7 @@ impl Export {
         &self,
         request: ValidatedRequest,
     ) -> Result<ExportTraceServiceResponse, Status> {
-        let spans = request.spans;
+        let spans = request.recorded.span_count();
         let _admission = match self.limiter.admit(request.bytes.len()) {
             Ok(a) => a,
             Err(e) => {
@@ -105,7 +107,7 @@ impl Export {
         };
         match self
             .pipeline
-            .consume(TraceBatch::from_encoded(request.bytes, spans))
+            .consume(TraceBatch::from_scanned(request.bytes, request.recorded))
             .await
         {
             Ok(outcome) => {

@@ -183,10 +183,12 @@ async fn handle(
     let batch = match format {
         // Validated, not decoded: the bytes travel on as they came.
         Format::Protobuf => {
-            let spans = wire::scan_request(&bytes, &mut wire::CountSpans).map_err(|e| {
+            let mut recorder = wire::Recorder::new(&bytes);
+            wire::scan_request(&bytes, &mut recorder).map_err(|e| {
                 PipelineError::InvalidArgument(format!("invalid OTLP protobuf body: {e}"))
             })?;
-            TraceBatch::from_encoded(bytes.clone(), spans)
+            let recorded = recorder.finish();
+            TraceBatch::from_scanned(bytes.clone(), recorded)
         }
         Format::Json => {
             let request = json::decode_request(&bytes).map_err(|e| {
