@@ -30,7 +30,10 @@ struct Inner {
     limit: u64,
     soft_limit: u64,
     spike: u64,
+    /// Over the soft limit: one request at a time.
     over: AtomicBool,
+    /// Over the hard limit: nothing.
+    over_hard: AtomicBool,
     last_rss: AtomicU64,
     in_flight: AtomicU64,
     retry_after: Duration,
@@ -77,6 +80,7 @@ impl MemoryLimiter {
             soft_limit: limit.saturating_sub(spike),
             spike,
             over: AtomicBool::new(false),
+            over_hard: AtomicBool::new(false),
             last_rss: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             retry_after: Duration::from_secs(1),
@@ -100,8 +104,16 @@ impl MemoryLimiter {
     }
 
     /// Whether the process is over its soft limit right now (cheap; no request needed).
+    ///
+    /// Over the soft limit, requests are admitted one at a time (only while none is in
+    /// flight), so that memory the process keeps after a burst (allocator caches, buffers)
+    /// cannot leave it refusing for good; over the hard limit, nothing is admitted.
     pub fn is_over(&self) -> bool {
-        self.inner.limit > 0 && self.inner.over.load(Ordering::Acquire)
+        let inner = &self.inner;
+        inner.limit > 0
+            && (inner.over_hard.load(Ordering::Acquire)
+                || (inner.over.load(Ordering::Acquire)
+                    && inner.in_flight.load(Ordering::Acquire) > 0))
     }
 
     /// The refusal to give while over the limit.
@@ -127,12 +139,13 @@ impl MemoryLimiter {
                 bytes: 0,
             });
         }
-        if inner.over.load(Ordering::Acquire) {
+        if inner.over_hard.load(Ordering::Acquire) {
             return Err(self.refusal());
         }
         let bytes = wire_bytes as u64 * DECODED_FACTOR;
         let before = inner.in_flight.fetch_add(bytes, Ordering::AcqRel);
-        if before > 0 && before + bytes > inner.spike {
+        let over_soft = inner.over.load(Ordering::Acquire);
+        if before > 0 && (over_soft || before + bytes > inner.spike) {
             inner.in_flight.fetch_sub(bytes, Ordering::AcqRel);
             return Err(self.refusal());
         }
@@ -153,6 +166,7 @@ impl Inner {
             }
         }
         self.last_rss.store(rss, Ordering::Relaxed);
+        self.over_hard.store(rss > self.limit, Ordering::Release);
         let over = rss > self.soft_limit;
         let was = self.over.swap(over, Ordering::AcqRel);
         if over != was {
@@ -230,6 +244,21 @@ mod tests {
         );
         assert!(l.is_over());
         assert!(calls.load(Ordering::Relaxed) >= 1);
+    }
+
+    #[tokio::test]
+    async fn over_the_soft_limit_requests_pass_one_at_a_time() {
+        // A hard limit far above the process, a soft limit of zero.
+        let l = limiter(100_000, 200_000);
+        assert!(!l.is_over(), "nothing in flight: one request may come in");
+        let first = l.admit(100).unwrap();
+        assert!(l.is_over(), "one in flight: the next waits");
+        assert!(matches!(
+            l.admit(100),
+            Err(PipelineError::MemoryLimited { .. })
+        ));
+        drop(first);
+        let _again = l.admit(100).unwrap();
     }
 
     #[tokio::test]
