@@ -271,26 +271,7 @@ fn sdk() -> Result<()> {
         .join("examples")
         .join("overhead");
     let scratch = TempDir::new("sextant-bench-sdk")?;
-    let log = scratch.path().join("null-server.log");
-    let mut server = ChildGuard::spawn(
-        "null-server",
-        Command::new(&bin)
-            .args(["null-server", "--addr", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file(&log)?),
-        Some(log),
-    )?;
-    let lines = Lines::new(server.take_stdout().context("no stdout")?);
-    let addr = lines.wait_for(
-        &mut server,
-        "`null-server listening on ADDR`",
-        STARTUP_TIMEOUT,
-        |l| {
-            l.strip_prefix("null-server listening on ")
-                .map(|a| a.trim().to_string())
-        },
-    )?;
+    let (mut server, _lines, addr) = start_null_server(&bin, scratch.path())?;
     println!("\n==> overhead example -> http://{addr}");
     let out = Command::new(&example)
         .args(["--endpoint", &format!("http://{addr}")])
@@ -365,7 +346,8 @@ struct AioRun {
     shutdown: Duration,
 }
 
-fn run_null(bin: &Path, opts: &Options, scratch: &Path) -> Result<NullRun> {
+/// Starts `sextant null-server` on a free loopback port; returns it, its stdout and its address.
+fn start_null_server(bin: &Path, scratch: &Path) -> Result<(ChildGuard, Lines, String)> {
     let log = scratch.join("null-server.log");
     let mut server = ChildGuard::spawn(
         "null-server",
@@ -386,6 +368,11 @@ fn run_null(bin: &Path, opts: &Options, scratch: &Path) -> Result<NullRun> {
                 .map(|a| a.trim().to_string())
         },
     )?;
+    Ok((server, lines, addr))
+}
+
+fn run_null(bin: &Path, opts: &Options, scratch: &Path) -> Result<NullRun> {
+    let (mut server, lines, addr) = start_null_server(bin, scratch)?;
     let gen = run_gen(bin, opts, &addr, &mut server)?;
     let status = server.terminate(SHUTDOWN_TIMEOUT)?;
     for line in lines.drain() {
