@@ -51,6 +51,29 @@ pub struct MemoryLimiterConfig {
     pub limit_mib: u64,
     /// Headroom below the limit; the soft limit is `limit - spike`. Default: 20% of the limit.
     pub spike_limit_mib: Option<u64>,
+    /// The limit as a percentage of the memory available (the cgroup's limit, else the
+    /// machine's); used when `limit_mib` is 0.
+    pub limit_percentage: Option<u64>,
+    /// The headroom as a percentage of the memory available.
+    pub spike_limit_percentage: Option<u64>,
+}
+
+impl MemoryLimiterConfig {
+    /// `limit_mib` and `spike_limit_mib`, with percentages resolved against `total_mib`.
+    pub fn resolved(&self, total_mib: u64) -> MemoryLimiterConfig {
+        let mut c = self.clone();
+        if c.limit_mib == 0 {
+            if let Some(p) = c.limit_percentage {
+                c.limit_mib = total_mib * p / 100;
+            }
+        }
+        if c.spike_limit_mib.is_none() {
+            if let Some(p) = c.spike_limit_percentage {
+                c.spike_limit_mib = Some(total_mib * p / 100);
+            }
+        }
+        c
+    }
 }
 
 impl Default for MemoryLimiterConfig {
@@ -59,6 +82,8 @@ impl Default for MemoryLimiterConfig {
             check_interval: Duration::from_millis(100),
             limit_mib: 0,
             spike_limit_mib: None,
+            limit_percentage: None,
+            spike_limit_percentage: None,
         }
     }
 }

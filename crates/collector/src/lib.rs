@@ -11,13 +11,14 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
-pub mod pipeline;
 pub mod processor;
 pub mod receiver;
+pub mod pipeline;
+pub mod storage;
 
-pub use config::CollectorConfig;
 pub use error::PipelineError;
 pub use metrics::CollectorMetrics;
+pub use config::CollectorConfig;
 pub use pipeline::Pipeline;
 
 use std::future::Future;

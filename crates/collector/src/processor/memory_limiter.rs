@@ -205,6 +205,7 @@ mod tests {
                 check_interval: Duration::from_millis(10),
                 limit_mib,
                 spike_limit_mib: Some(spike_mib),
+                ..Default::default()
             },
             CollectorMetrics::unregistered(),
         )
@@ -236,6 +237,7 @@ mod tests {
                 check_interval: Duration::from_millis(10),
                 limit_mib: 1,
                 spike_limit_mib: Some(0),
+                ..Default::default()
             },
             CollectorMetrics::unregistered(),
             Some(Arc::new(move || {

@@ -1,4 +1,80 @@
-//! Processors: each a small module with its config (in `config`) and a `new`.
+//! Processors: each a small module with its `Config` (the reference collector's keys and
+//! defaults) and a `build`.
+//!
+//! Most processors only look at or change spans; they implement [`SpanProcessor`] and run
+//! inside a [`Transform`] stage. Those that hold spans back (batch, tail_sampling) or refuse
+//! them (memory_limiter) are whole [`Consumer`]s.
 
+pub mod attributes;
 pub mod batch;
+pub mod filter;
+pub mod k8sattributes;
+pub mod matching;
 pub mod memory_limiter;
+pub mod probabilistic_sampler;
+pub mod redaction;
+pub mod resource;
+
+use std::sync::Arc;
+
+use sextant_otlp_proto::proto::ResourceSpans;
+
+use crate::error::PipelineError;
+use crate::{BoxFuture, Consumer, ExportOutcome, TraceBatch};
+
+/// A processor that changes, or drops, spans in place. Runs on decoded spans and must not
+/// block: it runs on the receiving task.
+pub trait SpanProcessor: Send + Sync + 'static {
+    /// Changes `spans`. Dropped spans are simply removed; empty scopes and resources may be
+    /// left behind (the stage removes them).
+    fn process(&self, spans: &mut Vec<ResourceSpans>);
+}
+
+/// The stage that runs a [`SpanProcessor`] and hands the result on.
+pub struct Transform {
+    processor: Arc<dyn SpanProcessor>,
+    next: Arc<dyn Consumer>,
+}
+
+impl Transform {
+    pub fn new(processor: Arc<dyn SpanProcessor>, next: Arc<dyn Consumer>) -> Self {
+        Self { processor, next }
+    }
+}
+
+impl Consumer for Transform {
+    fn consume(
+        &self,
+        mut batch: TraceBatch,
+    ) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
+        Box::pin(async move {
+            let spans = batch
+                .decode()
+                .map_err(|e| PipelineError::InvalidArgument(format!("cannot decode spans: {e}")))?;
+            self.processor.process(spans);
+            prune(spans);
+            batch.span_count = count_spans(&batch.decoded);
+            if batch.span_count == 0 {
+                return Ok(ExportOutcome::default());
+            }
+            self.next.consume(batch).await
+        })
+    }
+}
+
+/// Removes scopes without spans and resources without scopes.
+pub fn prune(spans: &mut Vec<ResourceSpans>) {
+    for rs in spans.iter_mut() {
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    spans.retain(|rs| !rs.scope_spans.is_empty());
+}
+
+/// Number of spans.
+pub fn count_spans(spans: &[ResourceSpans]) -> usize {
+    spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
