@@ -14,6 +14,7 @@ pub mod memory_limiter;
 pub mod probabilistic_sampler;
 pub mod redaction;
 pub mod resource;
+pub mod tail_sampling;
 
 use std::sync::Arc;
 
