@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+pub mod exporter;
 pub mod metrics;
 pub mod processor;
 pub mod receiver;
