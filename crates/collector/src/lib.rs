@@ -9,6 +9,7 @@
 //! This crate does not know the store: the binary plugs the store in as the final [`Consumer`].
 
 pub mod config;
+pub mod connector;
 pub mod error;
 pub mod exporter;
 pub mod metrics;
