@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use sextant_otlp_proto as otlp_proto;
 
+pub mod collector;
 pub mod flat;
 pub mod otlp;
 pub mod python;
@@ -79,7 +80,7 @@ impl Captured {
     }
 }
 
-fn spawn_line_reader<R: Read + Send + 'static>(
+pub(crate) fn spawn_line_reader<R: Read + Send + 'static>(
     reader: R,
     captured: Captured,
     lines: Option<mpsc::Sender<String>>,

@@ -4,73 +4,91 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use figment::providers::Serialized;
-use figment::Figment;
 use prometheus_client::registry::Registry;
-use sextant_collector::{CollectorMetrics, Pipeline};
+use sextant_collector::service::config::Override;
+use sextant_collector::service::{Service, StartOptions};
 use sextant_store::{SledStore, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config;
-use crate::store_exporter::StoreExporter;
+use crate::config::{self, AllInOneHost};
 
 #[derive(clap::Args, Debug)]
+#[command(args_override_self = true)]
 pub struct AllInOneArgs {
-    /// YAML settings file (see `AllInOneConfig`); flags and SEXTANT_* variables override it.
+    /// Config file in the OpenTelemetry Collector's format [default: `sextant config default`]
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Data directory [default: ./sextant-data]
+    /// Data directory (`exporters.store.directory`) [default: ./sextant-data]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// OTLP/gRPC listen address [default: 127.0.0.1:4317]
+    /// OTLP/gRPC listen address (`receivers.otlp.protocols.grpc.endpoint`) [default: 127.0.0.1:4317]
     #[arg(long)]
     otlp_grpc_addr: Option<String>,
-    /// OTLP/HTTP listen address [default: 127.0.0.1:4318]
+    /// OTLP/HTTP listen address (`receivers.otlp.protocols.http.endpoint`) [default: 127.0.0.1:4318]
     #[arg(long)]
     otlp_http_addr: Option<String>,
-    /// Tempo-compatible query API listen address [default: 127.0.0.1:3200]
+    /// Tempo-compatible query API listen address (`extensions.tempo_query.endpoint`) [default: 127.0.0.1:3200]
     #[arg(long)]
     query_addr: Option<String>,
-    /// Jaeger-compatible query API listen address [default: 127.0.0.1:16686]
+    /// Jaeger-compatible query API listen address (`extensions.jaeger_query.endpoint`) [default: 127.0.0.1:16686]
     #[arg(long)]
     jaeger_addr: Option<String>,
     /// Memory limiter: refuse data while the process RSS is above this minus the spike limit
+    /// (`processors.memory_limiter.limit_mib`)
     #[arg(long)]
     memory_limit_mib: Option<u64>,
-    /// Memory limiter headroom [default: 20% of the limit]
+    /// Memory limiter headroom (`processors.memory_limiter.spike_limit_mib`) [default: 20% of the limit]
     #[arg(long)]
     memory_spike_mib: Option<u64>,
 }
 
 impl AllInOneArgs {
-    fn overrides(&self) -> Figment {
-        let mut f = Figment::new();
+    fn overrides(&self) -> Vec<Override> {
+        let mut o = Vec::new();
         if let Some(v) = &self.data_dir {
-            f = f.merge(Serialized::default("data_dir", v));
+            o.push(Override::new(
+                &["exporters", "store", "directory"],
+                v.display().to_string(),
+            ));
         }
         if let Some(v) = &self.otlp_grpc_addr {
-            f = f.merge(Serialized::default("otlp_grpc_addr", v));
+            o.push(Override::new(
+                &["receivers", "otlp", "protocols", "grpc", "endpoint"],
+                v.as_str(),
+            ));
         }
         if let Some(v) = &self.otlp_http_addr {
-            f = f.merge(Serialized::default("otlp_http_addr", v));
+            o.push(Override::new(
+                &["receivers", "otlp", "protocols", "http", "endpoint"],
+                v.as_str(),
+            ));
         }
         if let Some(v) = &self.query_addr {
-            f = f.merge(Serialized::default("query_addr", v));
+            o.push(Override::new(
+                &["extensions", "tempo_query", "endpoint"],
+                v.as_str(),
+            ));
         }
         if let Some(v) = &self.jaeger_addr {
-            f = f.merge(Serialized::default("jaeger_addr", v));
+            o.push(Override::new(
+                &["extensions", "jaeger_query", "endpoint"],
+                v.as_str(),
+            ));
         }
         if let Some(v) = self.memory_limit_mib {
-            f = f.merge(Serialized::default("collector.memory_limiter.limit_mib", v));
-        }
-        if let Some(v) = self.memory_spike_mib {
-            f = f.merge(Serialized::default(
-                "collector.memory_limiter.spike_limit_mib",
+            o.push(Override::new(
+                &["processors", "memory_limiter", "limit_mib"],
                 v,
             ));
         }
-        f
+        if let Some(v) = self.memory_spike_mib {
+            o.push(Override::new(
+                &["processors", "memory_limiter", "spike_limit_mib"],
+                v,
+            ));
+        }
+        o
     }
 }
 
@@ -85,93 +103,106 @@ async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
-    let cfg = config::load(args.config.as_deref(), args.overrides())?;
-    let store = SledStore::open(StoreConfig {
-        path: cfg.data_dir.clone(),
-        cache_capacity: cfg.store.cache_mib * 1024 * 1024,
-        compression_level: cfg.store.compression_level,
-    })
-    .with_context(|| format!("cannot open the store in {}", cfg.data_dir.display()))?;
+    let host = AllInOneHost::default();
+    let doc = config::load_all_in_one(args.config.as_deref(), &args.overrides(), &host)?;
+    let store = match config::store_config(&doc)? {
+        Some(c) => Some(
+            SledStore::open(StoreConfig {
+                path: c.directory.clone(),
+                cache_capacity: c.cache_mib * 1024 * 1024,
+                compression_level: c.compression_level,
+            })
+            .with_context(|| format!("cannot open the store in {}", c.directory.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(s) = &store {
+        let _ = host.store.set(Arc::new(s.clone()));
+    }
+    let queries = config::query_extensions(&doc)?;
+    if store.is_none() && !queries.is_empty() {
+        anyhow::bail!(
+            "invalid configuration: {}: the query extensions ({}) need a `store` exporter",
+            doc.source,
+            queries
+                .iter()
+                .map(|(t, _)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 
-    let mut registry = Registry::default();
-    let metrics = CollectorMetrics::register(&mut registry);
-    let pipeline = Pipeline::build(
-        cfg.collector.clone(),
-        Arc::new(StoreExporter {
-            writer: Arc::new(store.clone()),
-        }),
-        metrics,
-        Some(Arc::new(release_memory)),
-    );
-
-    let grpc = bind("otlp-grpc", &cfg.otlp_grpc_addr).await?;
-    let http = bind("otlp-http", &cfg.otlp_http_addr).await?;
-    let query = bind("query", &cfg.query_addr).await?;
-    let jaeger = bind("jaeger", &cfg.jaeger_addr).await?;
+    let service = Service::start(
+        &doc,
+        &host,
+        Registry::default(),
+        StartOptions {
+            release_memory: Some(Arc::new(release_memory)),
+            print_addresses: true,
+        },
+    )
+    .await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    // Receivers stop first; their in-flight requests wait for their spans to be durable.
-    let receivers_stop = watch::channel(false);
-    let grpc_task = {
-        let p = pipeline.clone();
-        let rx = receivers_stop.1.clone();
-        tokio::spawn(async move { p.serve_grpc(grpc, stopped(rx)).await })
-    };
-    let http_task = {
-        let p = pipeline.clone();
-        let rx = receivers_stop.1.clone();
-        tokio::spawn(async move { p.serve_http(http, stopped(rx)).await })
-    };
-    let state = sextant_query::QueryState::new(
-        Arc::new(store.clone()),
-        Arc::new(registry),
-        env!("CARGO_PKG_VERSION"),
-    );
-    let jaeger_task = {
-        let router = sextant_query::jaeger::router(state.clone());
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            axum::serve(jaeger, router)
-                .with_graceful_shutdown(stop)
-                .await
-        })
-    };
-    let query_task = tokio::spawn(sextant_query::serve(query, state, stopped(stop_rx.clone())));
+    let mut query_tasks = Vec::new();
+    if let Some(store) = &store {
+        let state = sextant_query::QueryState::new(
+            Arc::new(store.clone()),
+            service.registry(),
+            env!("CARGO_PKG_VERSION"),
+        );
+        for (ty, endpoint) in &queries {
+            if ty == "tempo_query" {
+                let listener = bind("query", endpoint).await?;
+                let stop = stopped(stop_rx.clone());
+                let state = state.clone();
+                query_tasks.push(tokio::spawn(async move {
+                    sextant_query::serve(listener, state, stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                }));
+            } else {
+                let listener = bind("jaeger", endpoint).await?;
+                let router = sextant_query::jaeger::router(state.clone());
+                let stop = stopped(stop_rx.clone());
+                query_tasks.push(tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
     println!("ready");
-    tracing::info!(data_dir = %cfg.data_dir.display(), "sextant all-in-one ready");
+    tracing::info!(config = %doc.source, "sextant all-in-one ready");
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining receivers");
-    let _ = receivers_stop.0.send(true);
-    if let Ok(Err(e)) = grpc_task.await {
-        tracing::error!(error = %e, "otlp-grpc server failed");
-    }
-    if let Ok(Err(e)) = http_task.await {
-        tracing::error!(error = %e, "otlp-http server failed");
-    }
-    drop(pipeline);
+    service.shutdown().await;
     let _ = stop_tx.send(true);
-    if let Ok(Err(e)) = query_task.await {
-        tracing::error!(error = %e, "query server failed");
+    for t in query_tasks {
+        if let Ok(Err(e)) = t.await {
+            tracing::error!(error = %e, "query server failed");
+        }
     }
-    if let Ok(Err(e)) = jaeger_task.await {
-        tracing::error!(error = %e, "jaeger query server failed");
+    if let Some(store) = store {
+        store.close().context("flushing the store")?;
     }
-    store.close().context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Returns memory that mimalloc holds but no longer uses to the OS.
-fn release_memory() {
+pub fn release_memory() {
     // SAFETY: `mi_collect` may be called at any time from any thread.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

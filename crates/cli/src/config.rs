@@ -1,147 +1,168 @@
-//! The all-in-one's settings, layered: defaults < YAML file (`--config`) < `SEXTANT_*`
-//! environment variables (nested keys with `__`, e.g.
-//! `SEXTANT_COLLECTOR__MEMORY_LIMITER__LIMIT_MIB=512`) < command-line flags.
+//! Configuration of the server commands: the OpenTelemetry Collector's own format (see
+//! `sextant_collector::service::config`), loaded with figment, `${env:VAR:-default}` expanded.
+//!
+//! The all-in-one adds three component types of its own: the `store` exporter (the embedded
+//! store), and the `tempo_query` and `jaeger_query` extensions (the query APIs over it).
+//! Command-line flags override keys of the file where the component exists
+//! (`--otlp-grpc-addr` sets `receivers.otlp.protocols.grpc.endpoint`, ...).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-use figment::providers::{Env, Format, Serialized, Yaml};
-use figment::Figment;
+use figment::value::Value;
 use serde::{Deserialize, Serialize};
-use sextant_collector::CollectorConfig;
+use sextant_collector::service::config::{self as otel, ComponentId, Document, Override};
+use sextant_collector::service::{Host, HostBuild};
 
-/// Top-level keys, so that other `SEXTANT_*` variables (the test harness's, say) are not read
-/// as settings.
-const KEYS: &[&str] = &[
-    "data_dir",
-    "otlp_grpc_addr",
-    "otlp_http_addr",
-    "query_addr",
-    "store",
-    "collector",
-];
+/// What `sextant config default` prints and `sextant all-in-one` runs without `--config`.
+pub const ALL_IN_ONE_DEFAULT: &str = include_str!("../config/all-in-one.yaml");
+/// A starting point for `sextant collector` (`sextant config default --collector`).
+pub const COLLECTOR_DEFAULT: &str = include_str!("../config/collector.yaml");
 
+/// `exporters: store`: the embedded store.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct AllInOneConfig {
+pub struct StoreExporterConfig {
     /// Where the store keeps its files.
-    pub data_dir: PathBuf,
-    pub otlp_grpc_addr: String,
-    pub otlp_http_addr: String,
-    /// The Tempo-compatible query API.
-    pub query_addr: String,
-    /// The Jaeger-compatible query API (what the Jaeger UI and Grafana's Jaeger data source call).
-    pub jaeger_addr: String,
-    pub store: StoreSettings,
-    pub collector: CollectorConfig,
-}
-
-impl Default for AllInOneConfig {
-    fn default() -> Self {
-        Self {
-            data_dir: PathBuf::from("./sextant-data"),
-            otlp_grpc_addr: "127.0.0.1:4317".into(),
-            otlp_http_addr: "127.0.0.1:4318".into(),
-            query_addr: "127.0.0.1:3200".into(),
-            jaeger_addr: "127.0.0.1:16686".into(),
-            store: StoreSettings::default(),
-            collector: CollectorConfig::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct StoreSettings {
+    pub directory: PathBuf,
     /// sled's page cache.
     pub cache_mib: u64,
     /// zstd level of stored batches (-7..=22; negative levels are zstd's fast modes).
     pub compression_level: i32,
 }
 
-impl Default for StoreSettings {
+impl Default for StoreExporterConfig {
     fn default() -> Self {
         Self {
+            directory: PathBuf::from("./sextant-data"),
             cache_mib: 32,
             compression_level: -1,
         }
     }
 }
 
-/// Loads the layers. `overrides` holds only what the command line set.
-pub fn load(file: Option<&Path>, overrides: Figment) -> anyhow::Result<AllInOneConfig> {
-    let mut fig = Figment::from(Serialized::defaults(AllInOneConfig::default()));
-    if let Some(path) = file {
-        if !path.exists() {
-            anyhow::bail!("config file {} does not exist", path.display());
-        }
-        fig = fig.merge(Yaml::file(path));
-    }
-    fig = fig
-        .merge(Env::prefixed("SEXTANT_").split("__").filter(|k| {
-            let k = k.as_str().to_ascii_lowercase();
-            let top = k.split(['.', '_']).next().unwrap_or("");
-            KEYS.iter()
-                .any(|known| known.split('_').next() == Some(top) && k.starts_with(known))
-        }))
-        .merge(overrides);
-    let config: AllInOneConfig = fig.extract().map_err(|e| {
-        let mut msg = String::new();
-        for err in e {
-            let source = err
-                .metadata
-                .as_ref()
-                .map(|m| {
-                    m.source
-                        .as_ref()
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| m.name.to_string())
-                })
-                .unwrap_or_default();
-            let key = err.path.join(".");
-            msg.push_str(&format!(
-                "\n  {source}: {}{}",
-                if key.is_empty() {
-                    String::new()
-                } else {
-                    format!("{key}: ")
-                },
-                err.kind
-            ));
-        }
-        anyhow::anyhow!("invalid configuration:{msg}")
-    })?;
-    validate(&config)?;
-    Ok(config)
+/// `extensions: tempo_query` and `jaeger_query`: a query API on `endpoint`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueryExtensionConfig {
+    pub endpoint: String,
 }
 
-fn validate(c: &AllInOneConfig) -> anyhow::Result<()> {
-    for (name, addr) in [
-        ("otlp_grpc_addr", &c.otlp_grpc_addr),
-        ("otlp_http_addr", &c.otlp_http_addr),
-        ("query_addr", &c.query_addr),
-        ("jaeger_addr", &c.jaeger_addr),
-    ] {
-        addr.parse::<std::net::SocketAddr>().with_context(|| {
-            format!("invalid configuration: {name}: {addr:?} is not an address like 127.0.0.1:4317")
-        })?;
+fn typed<T: for<'de> Deserialize<'de> + Default>(v: &Value) -> Result<T, String> {
+    if matches!(v, Value::Empty(..)) {
+        return Ok(T::default());
     }
-    if !(-7..=22).contains(&c.store.compression_level) {
+    v.deserialize::<T>().map_err(|e| {
+        e.into_iter()
+            .map(|one| {
+                let key = one.path.join(".");
+                if key.is_empty() {
+                    one.kind.to_string()
+                } else {
+                    format!("{key}: {}", one.kind)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// The all-in-one's component types.
+#[derive(Default)]
+pub struct AllInOneHost {
+    pub store: std::sync::OnceLock<std::sync::Arc<dyn sextant_store::SpanWriter>>,
+}
+
+impl Host for AllInOneHost {
+    fn custom_types(&self) -> (&[&'static str], &[&'static str]) {
+        (&["store"], &["tempo_query", "jaeger_query"])
+    }
+
+    fn check_custom(&self, kind: &str, id: &ComponentId, value: &Value) -> Result<(), String> {
+        match (kind, id.ty.as_str()) {
+            ("exporter", "store") => {
+                let c: StoreExporterConfig = typed(value)?;
+                if !(-7..=22).contains(&c.compression_level) {
+                    return Err(format!(
+                        "compression_level: {} is not in -7..=22 (negative levels are zstd fast modes)",
+                        c.compression_level
+                    ));
+                }
+                Ok(())
+            }
+            ("extension", _) => {
+                let c: QueryExtensionConfig = typed(value)?;
+                if c.endpoint.is_empty() {
+                    return Err("endpoint: missing (e.g. 127.0.0.1:3200)".into());
+                }
+                Ok(())
+            }
+            _ => Err(format!("unknown {kind} type {}", id.ty)),
+        }
+    }
+}
+
+impl HostBuild for AllInOneHost {
+    fn build_exporter(
+        &self,
+        id: &ComponentId,
+        _value: &Value,
+    ) -> Result<std::sync::Arc<dyn sextant_collector::Consumer>, String> {
+        let writer = self
+            .store
+            .get()
+            .ok_or_else(|| format!("exporter {id}: the store is not open"))?;
+        Ok(std::sync::Arc::new(crate::store_exporter::StoreExporter {
+            writer: writer.clone(),
+        }))
+    }
+}
+
+/// Loads the all-in-one's config (the default one without `file`), then the flags.
+pub fn load_all_in_one(
+    file: Option<&Path>,
+    overrides: &[Override],
+    host: &AllInOneHost,
+) -> anyhow::Result<Document> {
+    let doc = match file {
+        Some(path) => otel::load_file_with(path, host, overrides)?,
+        None => otel::load_str(ALL_IN_ONE_DEFAULT, "default config", host, overrides)?,
+    };
+    sextant_collector::service::check_buildable(&doc)?;
+    let stores = doc.exporters.keys().filter(|id| id.ty == "store").count();
+    if stores > 1 {
         anyhow::bail!(
-            "invalid configuration: store.compression_level: {} is not in -7..=22 (negative levels are zstd fast modes)",
-            c.store.compression_level
+            "invalid configuration: {}: exporters: the all-in-one has one store; define one `store` exporter",
+            doc.source
         );
     }
-    if c.collector.batch.send_batch_max_size != 0
-        && c.collector.batch.send_batch_max_size < c.collector.batch.send_batch_size
-    {
-        anyhow::bail!(
-            "invalid configuration: collector.batch.send_batch_max_size ({}) must be 0 or at least send_batch_size ({})",
-            c.collector.batch.send_batch_max_size,
-            c.collector.batch.send_batch_size
-        );
+    Ok(doc)
+}
+
+/// The store exporter's settings, if the config has one.
+pub fn store_config(doc: &Document) -> anyhow::Result<Option<StoreExporterConfig>> {
+    for (id, e) in &doc.exporters {
+        if id.ty == "store" {
+            if let otel::ExporterConfig::Custom(v) = e {
+                return typed(v)
+                    .map(Some)
+                    .map_err(|m| anyhow::anyhow!("exporters.{id}: {m}"));
+            }
+        }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The query extensions the service runs: (type, endpoint).
+pub fn query_extensions(doc: &Document) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for id in &doc.service_extensions {
+        if let Some(otel::ExtensionConfig::Custom(v)) = doc.extensions.get(id) {
+            let c: QueryExtensionConfig =
+                typed(v).map_err(|m| anyhow::anyhow!("extensions.{id}: {m}"))?;
+            out.push((id.ty.clone(), c.endpoint));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -149,39 +170,54 @@ mod tests {
     use super::*;
 
     #[test]
-    #[allow(clippy::result_large_err)]
-    fn layers_apply_in_order_and_errors_name_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("s.yaml");
-        std::fs::write(
-            &file,
-            "data_dir: /from/file\nquery_addr: 127.0.0.1:9999\ncollector:\n  batch:\n    timeout: 1s\n",
+    fn the_default_configs_load_and_flags_override_them() {
+        let host = AllInOneHost::default();
+        let doc = load_all_in_one(
+            None,
+            &[
+                Override::new(&["exporters", "store", "directory"], "/tmp/x"),
+                Override::new(
+                    &["receivers", "otlp", "protocols", "grpc", "endpoint"],
+                    "127.0.0.1:0",
+                ),
+                Override::new(&["processors", "memory_limiter", "limit_mib"], 300),
+            ],
+            &host,
         )
         .unwrap();
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("SEXTANT_QUERY_ADDR", "127.0.0.1:7777");
-            jail.set_env("SEXTANT_BIN", "/not/a/setting");
-            jail.set_env("SEXTANT_COLLECTOR__MEMORY_LIMITER__LIMIT_MIB", "512");
-            let flags = Figment::from(Serialized::default("otlp_grpc_addr", "127.0.0.1:1234"));
-            let c = load(Some(&file), flags).map_err(|e| e.to_string())?;
-            assert_eq!(c.data_dir, PathBuf::from("/from/file"));
-            assert_eq!(c.query_addr, "127.0.0.1:7777");
-            assert_eq!(c.otlp_grpc_addr, "127.0.0.1:1234");
-            assert_eq!(c.collector.batch.timeout, std::time::Duration::from_secs(1));
-            assert_eq!(c.collector.memory_limiter.limit_mib, 512);
-            Ok(())
-        });
-        std::fs::write(&file, "collector:\n  batch:\n    timeout: soon\n").unwrap();
-        let e = load(Some(&file), Figment::new()).unwrap_err().to_string();
+        assert_eq!(
+            store_config(&doc).unwrap().unwrap().directory,
+            PathBuf::from("/tmp/x")
+        );
+        let ext = query_extensions(&doc).unwrap();
+        assert!(ext.iter().any(|(t, _)| t == "tempo_query"), "{ext:?}");
+        assert!(ext.iter().any(|(t, _)| t == "jaeger_query"), "{ext:?}");
+        let otel::ReceiverConfig::Otlp(r) = &doc.receivers[&ComponentId::parse("otlp").unwrap()];
+        assert_eq!(r.protocols.grpc.as_ref().unwrap().endpoint, "127.0.0.1:0");
+        match &doc.processors[&ComponentId::parse("memory_limiter").unwrap()] {
+            otel::ProcessorConfig::MemoryLimiter(m) => assert_eq!(m.limit_mib, 300),
+            other => panic!("{other:?}"),
+        }
+        let collector = otel::load_str(COLLECTOR_DEFAULT, "collector default", &otel::NoHost, &[]);
+        assert!(collector.is_ok(), "{collector:?}");
+    }
+
+    #[test]
+    fn store_settings_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            ALL_IN_ONE_DEFAULT.replace("compression_level: -1", "compression_level: 40"),
+        )
+        .unwrap();
+        let e = load_all_in_one(Some(&file), &[], &AllInOneHost::default())
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("collector.batch.timeout") && e.contains("soon"),
+            e.contains("exporters.store.compression_level") && e.contains("40"),
             "{e}"
         );
-        std::fs::write(&file, "colector: {}\n").unwrap();
-        let e = load(Some(&file), Figment::new()).unwrap_err().to_string();
-        assert!(e.contains("colector"), "{e}");
-        std::fs::write(&file, "query_addr: nowhere\n").unwrap();
-        let e = load(Some(&file), Figment::new()).unwrap_err().to_string();
-        assert!(e.contains("query_addr"), "{e}");
+        assert!(e.contains("c.yaml"), "{e}");
     }
 }

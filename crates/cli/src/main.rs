@@ -1,9 +1,10 @@
 //! `sextant`: the one binary. Thin subcommands compose the crates: `all-in-one` runs collector,
-//! store and query in one process; `trace` and `search` are clients of the query API;
+//! store and query in one process; `collector` runs an OpenTelemetry Collector config; `trace` and `search` are clients of the query API;
 //! `gen` and `null-server` are the benchmark's load generator and transport floor.
 
 mod all_in_one;
 mod client;
+mod collector;
 mod config;
 mod gen;
 mod null_server;
@@ -31,6 +32,10 @@ struct Cli {
 enum Command {
     /// Run collector, store and query in one process (the development default).
     AllInOne(all_in_one::AllInOneArgs),
+    /// Run a collector from an OpenTelemetry Collector config (or `validate` one).
+    Collector(collector::CollectorArgs),
+    /// Print the default configs.
+    Config(collector::ConfigArgs),
     /// Print one trace as a tree.
     Trace(client::TraceArgs),
     /// Search traces and print a table.
@@ -68,6 +73,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::AllInOne(args) => all_in_one::run(args).await,
+            Command::Collector(args) => collector::run(args).await,
+            Command::Config(args) => collector::config(args),
             Command::Trace(args) => client::trace(args).await,
             Command::Search(args) => client::search(args).await,
             Command::Services(args) => client::services(args).await,

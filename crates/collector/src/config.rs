@@ -1,18 +1,9 @@
-//! Collector settings, with the reference collector's defaults.
+//! Settings of the built-in processors (batch, memory_limiter), with the reference
+//! collector's keys and defaults, and the duration format they share.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// Everything the collector part of a process needs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CollectorConfig {
-    pub batch: BatchConfig,
-    pub memory_limiter: MemoryLimiterConfig,
-    pub grpc: GrpcConfig,
-    pub http: HttpConfig,
-}
 
 /// The batch processor (`send_batch_size` 8192, `timeout` 200ms, `send_batch_max_size` 0).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,38 +75,6 @@ impl Default for MemoryLimiterConfig {
             spike_limit_mib: None,
             limit_percentage: None,
             spike_limit_percentage: None,
-        }
-    }
-}
-
-/// The OTLP/gRPC receiver.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpcConfig {
-    /// Largest request accepted, after decompression.
-    pub max_recv_msg_size_mib: usize,
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        Self {
-            max_recv_msg_size_mib: 20,
-        }
-    }
-}
-
-/// The OTLP/HTTP receiver.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Largest body accepted, after decompression (OTLP recommends 20 MiB).
-    pub max_request_body_size: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            max_request_body_size: 20 * 1024 * 1024,
         }
     }
 }

@@ -15,13 +15,12 @@ pub mod exporter;
 pub mod metrics;
 pub mod processor;
 pub mod receiver;
-pub mod pipeline;
+pub mod service;
 pub mod storage;
 
 pub use error::PipelineError;
 pub use metrics::CollectorMetrics;
-pub use config::CollectorConfig;
-pub use pipeline::Pipeline;
+pub use service::Service;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -53,6 +53,24 @@ pub fn router(
     metrics: CollectorMetrics,
     max_body: usize,
 ) -> Router {
+    router_at("/v1/traces", pipeline, limiter, metrics, max_body)
+}
+
+/// The router with traces posted to `path` (the receiver's `traces_url_path`).
+pub fn router_at(
+    path: &str,
+    pipeline: Arc<dyn Consumer>,
+    limiter: MemoryLimiter,
+    metrics: CollectorMetrics,
+    max_body: usize,
+) -> Router {
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    let allowed = format!("method {{}} not allowed on {path}: use POST");
+    let missing = format!("not found: OTLP/HTTP traces go to POST {path}");
     let state = Receiver {
         pipeline,
         limiter,
@@ -61,21 +79,16 @@ pub fn router(
     };
     Router::new()
         .route(
-            "/v1/traces",
-            post(export).fallback(|method: axum::http::Method| async move {
+            &path,
+            post(export).fallback(move |method: axum::http::Method| async move {
                 (
                     StatusCode::METHOD_NOT_ALLOWED,
                     [(header::ALLOW, "POST")],
-                    format!("method {method} not allowed on /v1/traces: use POST"),
+                    allowed.replace("{}", method.as_str()),
                 )
             }),
         )
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                "not found: OTLP/HTTP traces go to POST /v1/traces",
-            )
-        })
+        .fallback(move || async move { (StatusCode::NOT_FOUND, missing) })
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
