@@ -4,6 +4,9 @@
 //! `sextant null-server` (transport plus decoding, nothing stored), with the same load from
 //! `sextant gen`, in one run so that both see the same machine.
 //!
+//! `collector` (in `bench_collector`) measures `sextant collector` forwarding to a null sink,
+//! plain, with tail sampling and with redaction.
+//!
 //! `sdk` measures what `sextant-sdk` costs an axum service: the same service plain and
 //! instrumented (a server span per request, batch-exported over OTLP/gRPC to a
 //! `sextant null-server`), in alternating rounds of one run.
@@ -21,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::util::{self, cargo, secs, target_dir, ChildGuard, Lines, TempDir};
 
-const KNOWN: &[&str] = &["ingest", "sdk"];
+const KNOWN: &[&str] = &["ingest", "collector", "sdk"];
 
 /// The targets printed next to the figures.
 const TARGET_SPANS_PER_SEC: f64 = 100_000.0;
@@ -33,10 +36,10 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 const RSS_EVERY: Duration = Duration::from_millis(200);
 const SEED: &str = "1";
 
-struct Options {
-    duration: u64,
-    streams: u64,
-    warmup: u64,
+pub(crate) struct Options {
+    pub duration: u64,
+    pub streams: u64,
+    pub warmup: u64,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -93,6 +96,7 @@ pub fn run(args: &[String]) -> Result<()> {
     for name in names {
         match name {
             "ingest" => ingest(&opts)?,
+            "collector" => crate::bench_collector::run(&opts)?,
             "sdk" => sdk()?,
             _ => unreachable!("checked against KNOWN"),
         }
@@ -328,7 +332,7 @@ fn sdk() -> Result<()> {
     Ok(())
 }
 
-fn num(v: &Value, key: &str) -> f64 {
+pub(crate) fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(0.0)
 }
 
@@ -347,7 +351,7 @@ struct AioRun {
 }
 
 /// Starts `sextant null-server` on a free loopback port; returns it, its stdout and its address.
-fn start_null_server(bin: &Path, scratch: &Path) -> Result<(ChildGuard, Lines, String)> {
+pub(crate) fn start_null_server(bin: &Path, scratch: &Path) -> Result<(ChildGuard, Lines, String)> {
     let log = scratch.join("null-server.log");
     let mut server = ChildGuard::spawn(
         "null-server",
@@ -455,7 +459,12 @@ fn run_all_in_one(bin: &Path, opts: &Options, scratch: &Path) -> Result<AioRun> 
 }
 
 /// Runs `sextant gen --json` against `addr`; its progress goes to our stderr.
-fn run_gen(bin: &Path, opts: &Options, addr: &str, server: &mut ChildGuard) -> Result<Value> {
+pub(crate) fn run_gen(
+    bin: &Path,
+    opts: &Options,
+    addr: &str,
+    server: &mut ChildGuard,
+) -> Result<Value> {
     let mut cmd = Command::new(bin);
     cmd.arg("gen")
         .arg("--endpoint")
@@ -509,18 +518,18 @@ fn run_gen(bin: &Path, opts: &Options, addr: &str, server: &mut ChildGuard) -> R
     serde_json::from_str(line).with_context(|| format!("gen's report is not JSON: {line:?}"))
 }
 
-fn log_file(path: &Path) -> Result<fs::File> {
+pub(crate) fn log_file(path: &Path) -> Result<fs::File> {
     fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// Samples VmRSS of a process every 200 ms on a thread.
-struct RssSampler {
+pub(crate) struct RssSampler {
     stop: Arc<AtomicBool>,
     handle: thread::JoinHandle<(u64, usize)>,
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> Self {
+    pub(crate) fn start(pid: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = thread::spawn(move || {
@@ -538,7 +547,7 @@ impl RssSampler {
     }
 
     /// Stops sampling; answers the largest VmRSS seen and the number of samples.
-    fn stop(self) -> (u64, usize) {
+    pub(crate) fn stop(self) -> (u64, usize) {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or((0, 0))
     }

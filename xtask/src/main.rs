@@ -3,9 +3,10 @@
 //! * `cargo xtask ci`: formatting, clippy, the Python venv of the end-to-end tests, the debug
 //!   build and the whole test suite, in that order, stopping at the first failure.
 //! * `cargo xtask bench [NAME] [--duration S] [--streams N] [--warmup S]`: the benchmarks
-//!   (`ingest`); without a name, all of them.
+//!   (`ingest`, `collector`, `sdk`); without a name, all of them.
 
 mod bench;
+mod bench_collector;
 mod ci;
 mod util;
 
@@ -16,7 +17,7 @@ usage: cargo xtask <task> [options]
 
 tasks:
   ci                         fmt check, clippy, Python venv, debug build, all tests
-  bench [NAME] [options]     benchmarks; without NAME, all of them (known: ingest)
+  bench [NAME] [options]     benchmarks; without NAME, all of them (known: ingest, collector, sdk)
       --duration S           measured seconds per run (default 10)
       --streams N            concurrent export calls of the load generator (default 8)
       --warmup S             unmeasured warm-up seconds per run (default 2)
