@@ -405,242 +405,28 @@ pub fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-const SHA256_K: [u32; 64] = [
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
-
-/// The message padded to whole 64-byte blocks with the big-endian bit length (SHA-1/SHA-2).
-fn md_pad(data: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(data.len() + 72);
-    m.extend_from_slice(data);
-    m.push(0x80);
-    while m.len() % 64 != 56 {
-        m.push(0);
-    }
-    m.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
-    m
-}
-
-/// SHA-256 (FIPS 180-4) of `data`. Written here because no SHA crate is in the workspace;
-/// checked against the FIPS test vectors.
+/// SHA-256 of `data` (the attributes processor's `hash`).
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut h: [u32; 8] = [
-        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-        0x5be0cd19,
-    ];
-    for block in md_pad(data).chunks_exact(64) {
-        let mut w = [0u32; 64];
-        for (i, c) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(SHA256_K[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(maj);
-            hh = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    let mut out = [0u8; 32];
-    for (i, x) in h.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
-    }
-    out
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
 }
 
-/// SHA-1 (FIPS 180-4) of `data` (the redaction processor's `hash_function: sha1`).
+/// SHA-1 of `data` (the redaction processor's `hash_function: sha1`).
 pub fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
-    for block in md_pad(data).chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, c) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A827999),
-                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
-                _ => (b ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    let mut out = [0u8; 20];
-    for (i, x) in h.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
-    }
-    out
+    use sha1::Digest as _;
+    sha1::Sha1::digest(data).into()
 }
 
-/// MD5 (RFC 1321) of `data` (the redaction processor's `hash_function: md5`).
+/// MD5 of `data` (the redaction processor's `hash_function: md5`).
 pub fn md5(data: &[u8]) -> [u8; 16] {
-    const S: [u32; 16] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
-    let k: Vec<u32> = (0..64)
-        .map(|i| ((i as f64 + 1.0).sin().abs() * 4294967296.0) as u32)
-        .collect();
-    let mut m = Vec::with_capacity(data.len() + 72);
-    m.extend_from_slice(data);
-    m.push(0x80);
-    while m.len() % 64 != 56 {
-        m.push(0);
-    }
-    m.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_le_bytes());
-    let mut h: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
-    for block in m.chunks_exact(64) {
-        let mut w = [0u32; 16];
-        for (i, c) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        let [mut a, mut b, mut c, mut d] = h;
-        for i in 0..64 {
-            let (f, g) = match i / 16 {
-                0 => ((b & c) | (!b & d), i),
-                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
-                2 => (b ^ c ^ d, (3 * i + 5) % 16),
-                _ => (c ^ (b | !d), (7 * i) % 16),
-            };
-            let s = S[(i / 16) * 4 + i % 4];
-            let t = a.wrapping_add(f).wrapping_add(k[i]).wrapping_add(w[g]);
-            a = d;
-            d = c;
-            c = b;
-            b = b.wrapping_add(t.rotate_left(s));
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    let mut out = [0u8; 16];
-    for (i, x) in h.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_le_bytes());
-    }
-    out
+    use md5::Digest as _;
+    md5::Md5::digest(data).into()
 }
 
-/// SHA3-256 (FIPS 202) of `data` (the redaction processor's `hash_function: sha3`).
+/// SHA3-256 of `data` (the redaction processor's `hash_function: sha3`).
 pub fn sha3_256(data: &[u8]) -> [u8; 32] {
-    // Rotation offsets and round constants, derived as FIPS 202 defines them.
-    let mut rot = [[0u32; 5]; 5];
-    let (mut x, mut y) = (1usize, 0usize);
-    for t in 0..24u32 {
-        rot[x][y] = ((t + 1) * (t + 2) / 2) % 64;
-        (x, y) = (y, (2 * x + 3 * y) % 5);
-    }
-    let mut rc = [0u64; 24];
-    let mut r: u32 = 1;
-    let mut bits = Vec::with_capacity(168);
-    for _ in 0..168 {
-        bits.push(r & 1);
-        r <<= 1;
-        if r & 0x100 != 0 {
-            r ^= 0x171;
-        }
-    }
-    for (i, c) in rc.iter_mut().enumerate() {
-        for j in 0..7 {
-            if bits[j + 7 * i] == 1 {
-                *c |= 1u64 << ((1u32 << j) - 1);
-            }
-        }
-    }
-    const RATE: usize = 136;
-    let mut m = Vec::with_capacity(data.len() + RATE);
-    m.extend_from_slice(data);
-    m.push(0x06);
-    while m.len() % RATE != 0 {
-        m.push(0);
-    }
-    if let Some(last) = m.last_mut() {
-        *last |= 0x80;
-    }
-    let mut a = [0u64; 25];
-    for block in m.chunks_exact(RATE) {
-        for (i, c) in block.chunks_exact(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            a[i] ^= u64::from_le_bytes(b);
-        }
-        for round_constant in rc {
-            let mut c = [0u64; 5];
-            for (x, cx) in c.iter_mut().enumerate() {
-                *cx = a[x] ^ a[x + 5] ^ a[x + 10] ^ a[x + 15] ^ a[x + 20];
-            }
-            for x in 0..5 {
-                let d = c[(x + 4) % 5] ^ c[(x + 1) % 5].rotate_left(1);
-                for y in 0..5 {
-                    a[x + 5 * y] ^= d;
-                }
-            }
-            let mut b = [0u64; 25];
-            for x in 0..5 {
-                for y in 0..5 {
-                    b[y + 5 * ((2 * x + 3 * y) % 5)] = a[x + 5 * y].rotate_left(rot[x][y]);
-                }
-            }
-            for x in 0..5 {
-                for y in 0..5 {
-                    a[x + 5 * y] =
-                        b[x + 5 * y] ^ (!b[(x + 1) % 5 + 5 * y] & b[(x + 2) % 5 + 5 * y]);
-                }
-            }
-            a[0] ^= round_constant;
-        }
-    }
-    let mut out = [0u8; 32];
-    for (i, lane) in a.iter().take(4).enumerate() {
-        out[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
-    }
-    out
+    use sha3::Digest as _;
+    sha3::Sha3_256::digest(data).into()
 }
 
 /// The reference attributes processor's `hash` action on one value: SHA-256 hex of the
