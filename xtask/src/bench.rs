@@ -40,6 +40,8 @@ pub(crate) struct Options {
     pub duration: u64,
     pub streams: u64,
     pub warmup: u64,
+    /// New trace ids in every request sent (`sextant gen --fresh-trace-ids`).
+    pub fresh_trace_ids: bool,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -48,6 +50,7 @@ pub fn run(args: &[String]) -> Result<()> {
         duration: 10,
         streams: 32,
         warmup: 2,
+        fresh_trace_ids: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -476,6 +479,7 @@ pub(crate) fn run_gen(
         .arg("--streams")
         .arg(opts.streams.to_string())
         .args(["--seed", SEED, "--json"])
+        .args(opts.fresh_trace_ids.then_some("--fresh-trace-ids"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

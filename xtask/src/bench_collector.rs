@@ -1,7 +1,8 @@
 //! `cargo xtask bench collector`: `sextant collector` forwarding OTLP/gRPC to a
 //! `sextant null-server` sink (OTLP in -> batch -> OTLP out), then the same with tail
 //! sampling, then with redaction, against the floor of the load generator sending to the
-//! null server directly, all in one run on the same machine.
+//! null server directly, all in one run on the same machine. The load generator gives every
+//! request new trace ids (`--fresh-trace-ids`), so tail sampling buffers real traces.
 
 use std::fs;
 use std::path::Path;
@@ -116,6 +117,11 @@ struct Run {
 }
 
 pub fn run(opts: &Options) -> Result<()> {
+    // Every request carries new traces, as real traffic does (tail sampling must buffer them).
+    let opts = &Options {
+        fresh_trace_ids: true,
+        ..*opts
+    };
     println!("==> cargo build --release -p sextant-cli");
     util::run(cargo().args(["build", "--release", "-p", "sextant-cli"]))?;
     let bin = target_dir().join("release").join("sextant");

@@ -85,6 +85,10 @@ pub struct GenArgs {
     /// Compression of the requests.
     #[arg(long, value_enum, default_value_t = Compression::None)]
     pub compression: Compression,
+    /// Give every request sent new trace ids (the same for all spans of a trace), instead of
+    /// cycling through the same traces: what tail sampling must see to buffer real traces.
+    #[arg(long)]
+    pub fresh_trace_ids: bool,
 }
 
 pub async fn run(args: GenArgs) -> anyhow::Result<()> {
@@ -151,6 +155,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             next.clone(),
             shared.clone(),
             timeline,
+            args.fresh_trace_ids,
         )));
     }
     let mut stats = WorkerStats::new();
@@ -261,6 +266,7 @@ async fn worker(
     next: Arc<AtomicUsize>,
     shared: Arc<Shared>,
     timeline: Timeline,
+    fresh_trace_ids: bool,
 ) -> WorkerStats {
     let mut stats = WorkerStats::new();
     loop {
@@ -268,9 +274,15 @@ async fn worker(
         if sent >= timeline.end {
             break;
         }
-        let prepared = &requests[next.fetch_add(1, Ordering::Relaxed) % requests.len()];
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let prepared = &requests[n % requests.len()];
+        let body = if fresh_trace_ids {
+            prepared.with_fresh_trace_ids((n / requests.len()) as u64 + 1)
+        } else {
+            prepared.body.clone()
+        };
         let result =
-            tokio::time::timeout_at(timeline.end + DRAIN_GRACE, export(&mut grpc, prepared)).await;
+            tokio::time::timeout_at(timeline.end + DRAIN_GRACE, export(&mut grpc, body)).await;
         let done = Instant::now();
         let in_window = done >= timeline.measure_start && done <= timeline.end;
         let result = match result {
@@ -315,18 +327,14 @@ async fn worker(
 /// Sends one pre-encoded request; answers the number of spans the server said it rejected.
 async fn export(
     grpc: &mut tonic::client::Grpc<Channel>,
-    prepared: &Prepared,
+    body: Bytes,
 ) -> Result<u64, tonic::Status> {
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
     let path = PathAndQuery::from_static(EXPORT_PATH);
     let response = grpc
-        .unary(
-            tonic::Request::new(prepared.body.clone()),
-            path,
-            PreEncodedCodec,
-        )
+        .unary(tonic::Request::new(body), path, PreEncodedCodec)
         .await?;
     let rejected = response
         .into_inner()
@@ -562,6 +570,45 @@ impl Report {
 struct Prepared {
     body: Bytes,
     spans: u64,
+    /// Offsets of every span's 16-byte trace id in `body`.
+    trace_id_offsets: Vec<usize>,
+}
+
+impl Prepared {
+    /// The body with every trace id changed by `salt` (a trace's spans stay together).
+    fn with_fresh_trace_ids(&self, salt: u64) -> Bytes {
+        let mut body = self.body.to_vec();
+        let salt = salt.to_le_bytes();
+        for &off in &self.trace_id_offsets {
+            for (b, s) in body[off..off + 8].iter_mut().zip(salt) {
+                *b ^= s;
+            }
+        }
+        Bytes::from(body)
+    }
+}
+
+/// Where the trace ids of `request`'s spans are in its encoding: each is a `bytes` field of
+/// tag 1 and length 16 (`0x0a 0x10`) holding one of the request's trace ids.
+fn trace_id_offsets(request: &ExportTraceServiceRequest, body: &[u8]) -> Vec<usize> {
+    let ids: std::collections::HashSet<&[u8]> = request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .map(|s| s.trace_id.as_slice())
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 18 <= body.len() {
+        if body[i] == 0x0a && body[i + 1] == 0x10 && ids.contains(&body[i + 2..i + 18]) {
+            out.push(i + 2);
+            i += 18;
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 const SERVICES: [&str; 20] = [
@@ -733,9 +780,12 @@ fn build_requests(seed: u64, count: usize, spans_per_request: usize) -> Vec<Prep
         .map(|_| {
             let request = build_request(&mut rng, &services, spans_per_request, now);
             let spans = sextant_otlp_proto::span_count(&request.resource_spans) as u64;
+            let body = request.encode_to_vec();
+            let trace_id_offsets = trace_id_offsets(&request, &body);
             Prepared {
-                body: Bytes::from(request.encode_to_vec()),
+                body: Bytes::from(body),
                 spans,
+                trace_id_offsets,
             }
         })
         .collect()
@@ -930,6 +980,44 @@ fn kv_bool(key: &str, value: bool) -> KeyValue {
 mod tests {
     use super::*;
     use std::collections::{HashMap, HashSet};
+
+    fn trace_ids(body: Bytes) -> Vec<Vec<u8>> {
+        let request = ExportTraceServiceRequest::decode(body).unwrap();
+        request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(|s| s.trace_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn fresh_trace_ids_change_every_trace_and_keep_traces_together() {
+        let requests = build_requests(3, 2, 500);
+        let p = &requests[0];
+        let original = trace_ids(p.body.clone());
+        assert_eq!(
+            p.trace_id_offsets.len(),
+            original.len(),
+            "every span's id is found"
+        );
+        let a = trace_ids(p.with_fresh_trace_ids(1));
+        let b = trace_ids(p.with_fresh_trace_ids(2));
+        let distinct = |ids: &[Vec<u8>]| ids.iter().collect::<HashSet<_>>().len();
+        assert_eq!(
+            distinct(&a),
+            distinct(&original),
+            "spans of a trace keep one id"
+        );
+        for i in 0..original.len() {
+            assert_ne!(a[i], original[i]);
+            assert_ne!(a[i], b[i]);
+            for j in 0..original.len() {
+                assert_eq!(original[i] == original[j], a[i] == a[j]);
+            }
+        }
+    }
 
     #[test]
     fn requests_hold_whole_realistic_traces() {
