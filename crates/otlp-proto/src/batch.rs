@@ -24,6 +24,9 @@ pub struct SpanBatch {
     pub recorded: Vec<Option<Arc<Recorded>>>,
     /// Spans in both parts together.
     pub span_count: usize,
+    /// The address of the client that sent these spans, while they are one client's (a batch
+    /// merged from several clients has none): what k8sattributes' `from: connection` reads.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl SpanBatch {
@@ -70,7 +73,13 @@ impl SpanBatch {
             encoded,
             mut recorded,
             span_count,
+            client,
         } = other;
+        if self.span_count == 0 {
+            self.client = client;
+        } else if self.client != client {
+            self.client = None;
+        }
         self.recorded.resize(self.encoded.len(), None);
         recorded.resize(encoded.len(), None);
         self.decoded.extend(decoded);

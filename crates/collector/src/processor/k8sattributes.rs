@@ -360,6 +360,9 @@ impl PodList {
 
 struct K8sAttributes {
     passthrough: bool,
+    /// `pod_association` has a `from: connection` source (or `passthrough`): resources
+    /// without `k8s.pod.ip` get the client's address.
+    from_connection: bool,
     associations: Vec<Vec<SourceRule>>,
     metadata: Vec<String>,
     labels: Vec<(String, String)>,
@@ -450,6 +453,17 @@ impl SpanProcessor for K8sAttributes {
             let resource = rs.resource.get_or_insert_with(Resource::default);
             self.enrich(idx.as_deref(), resource);
         }
+    }
+
+    fn process_from(&self, spans: &mut Vec<ResourceSpans>, client: Option<std::net::IpAddr>) {
+        if let (true, Some(ip)) = (self.from_connection, client) {
+            let ip = ip.to_canonical().to_string();
+            for rs in spans.iter_mut() {
+                let resource = rs.resource.get_or_insert_with(Resource::default);
+                add(&mut resource.attributes, "k8s.pod.ip", &ip);
+            }
+        }
+        self.process(spans);
     }
 }
 
@@ -714,8 +728,14 @@ fn build_with_env(
         env_attributes = env_attrs.len(),
         "k8sattributes built"
     );
+    let from_connection = config.passthrough
+        || config
+            .pod_association
+            .iter()
+            .any(|a| a.sources.iter().any(|s| s.from == "connection"));
     Ok(Arc::new(K8sAttributes {
         passthrough: config.passthrough,
+        from_connection,
         associations,
         metadata,
         labels,
@@ -756,6 +776,58 @@ mod tests {
             .attributes
             .push(attr::kv_str("k8s.pod.ip", ip));
         b
+    }
+
+    #[test]
+    fn the_client_address_is_the_pod_ip_with_from_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pods.json");
+        std::fs::write(&file, PODS).unwrap();
+        let config = |assoc: serde_json::Value| -> Config {
+            serde_json::from_value(serde_json::json!({
+                "pod_list_file": file,
+                "from_env": false,
+                "pod_association": assoc,
+            }))
+            .unwrap()
+        };
+        let metrics = CollectorMetrics::unregistered();
+        let ip: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        let p = build_with_env(
+            "k8sattributes",
+            &config(serde_json::json!([{"sources": [{"from": "connection"}]}])),
+            &metrics,
+            &env_of(&[]),
+        )
+        .unwrap();
+        let mut b = batch("api", vec![span("s", vec![])]);
+        p.process_from(&mut b, Some(ip));
+        let r = &b[0].resource.as_ref().unwrap().attributes;
+        assert_eq!(get_str(r, "k8s.pod.ip"), Some("10.0.0.5"));
+        assert_eq!(get_str(r, "k8s.pod.name"), Some("api-7d9f"));
+        // An IPv4 client seen over IPv6 is the same pod.
+        let mut b = batch("api", vec![span("s", vec![])]);
+        p.process_from(&mut b, Some("::ffff:10.0.0.5".parse().unwrap()));
+        let r = &b[0].resource.as_ref().unwrap().attributes;
+        assert_eq!(get_str(r, "k8s.pod.name"), Some("api-7d9f"));
+        // The resource's own k8s.pod.ip wins over the connection's.
+        let mut b = with_ip("10.9.9.9");
+        p.process_from(&mut b, Some(ip));
+        let r = &b[0].resource.as_ref().unwrap().attributes;
+        assert_eq!(get_str(r, "k8s.pod.ip"), Some("10.9.9.9"));
+        assert_eq!(get_str(r, "k8s.pod.name"), None);
+        // Without a connection source the client address is not used.
+        let p = build_with_env(
+            "k8sattributes",
+            &config(serde_json::json!([{"sources": [{"from": "resource_attribute", "name": "k8s.pod.ip"}]}])),
+            &metrics,
+            &env_of(&[]),
+        )
+        .unwrap();
+        let mut b = batch("api", vec![span("s", vec![])]);
+        p.process_from(&mut b, Some(ip));
+        let r = &b[0].resource.as_ref().unwrap().attributes;
+        assert_eq!(get_str(r, "k8s.pod.ip"), None);
     }
 
     #[test]

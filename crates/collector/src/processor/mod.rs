@@ -29,6 +29,13 @@ pub trait SpanProcessor: Send + Sync + 'static {
     /// Changes `spans`. Dropped spans are simply removed; empty scopes and resources may be
     /// left behind (the stage removes them).
     fn process(&self, spans: &mut Vec<ResourceSpans>);
+
+    /// Like [`process`](Self::process), knowing the address of the client that sent the
+    /// spans, where the batch is one client's (k8sattributes' `from: connection`).
+    fn process_from(&self, spans: &mut Vec<ResourceSpans>, client: Option<std::net::IpAddr>) {
+        let _ = client;
+        self.process(spans);
+    }
 }
 
 /// The stage that runs a [`SpanProcessor`] and hands the result on.
@@ -49,10 +56,11 @@ impl Consumer for Transform {
         mut batch: TraceBatch,
     ) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
         Box::pin(async move {
+            let client = batch.client;
             let spans = batch
                 .decode()
                 .map_err(|e| PipelineError::InvalidArgument(format!("cannot decode spans: {e}")))?;
-            self.processor.process(spans);
+            self.processor.process_from(spans, client);
             prune(spans);
             batch.span_count = count_spans(&batch.decoded);
             if batch.span_count == 0 {
