@@ -18,6 +18,8 @@ pub struct Collector {
     stdout: Captured,
     stderr: Captured,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// Extra environment variables of the child process (kept across restarts).
+    env: Vec<(String, String)>,
     /// `otlp-grpc`, `otlp-http`, `health-check`, `metrics`, ... -> address.
     pub addrs: BTreeMap<String, SocketAddr>,
 }
@@ -26,6 +28,12 @@ impl Collector {
     /// Writes `config` (where `{dir}` stands for a temporary directory that lives as long as
     /// the collector) and starts `sextant collector` on it.
     pub fn start(config: &str) -> Collector {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Collector::start`] with extra environment variables for the child process (e.g. the
+    /// Kubernetes downward-API variables).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Collector {
         let dir = tempfile::tempdir().expect("temp dir");
         let text = config.replace("{dir}", &dir.path().display().to_string());
         let path = dir.path().join("collector.yaml");
@@ -37,6 +45,10 @@ impl Collector {
             stdout: Captured::default(),
             stderr: Captured::default(),
             readers: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             addrs: BTreeMap::new(),
         };
         c.spawn();
@@ -65,6 +77,11 @@ impl Collector {
         format!("http://{}", self.addr("otlp-http"))
     }
 
+    /// Everything the collector wrote to stderr since its last start.
+    pub fn stderr(&self) -> String {
+        self.stderr.text()
+    }
+
     pub fn stderr_tail(&self) -> String {
         tail(&self.stderr.text(), 20_000).to_string()
     }
@@ -83,6 +100,9 @@ impl Collector {
             .stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
         let mut child = cmd
             .spawn()
