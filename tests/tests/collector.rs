@@ -612,6 +612,7 @@ fn broken_configs_exit_non_zero_naming_the_key() {
         ("unknown key", (GOOD.replace("verbosity: basic", "verbosity: basic\n    colour: true"), &["exporters.debug", "colour"][..])),
         ("bad regex", (GOOD.replace("  batch:\n    timeout: 5s", "  batch:\n    timeout: 5s\n  filter:\n    traces:\n      span: ['IsMatch(name, \"(\")']").replace("processors: [batch]", "processors: [filter, batch]"), &["processors.filter"][..])),
         ("bad env syntax", (GOOD.replace("timeout: 5s", "timeout: ${file:/etc/x}"), &["file"][..])),
+        ("missing TLS files", (GOOD.replace("endpoint: 127.0.0.1:0", "endpoint: 127.0.0.1:0\n        tls:\n          cert_file: /nonexistent/cert.pem\n          key_file: /nonexistent/key.pem"), &["receivers.otlp.protocols.grpc.tls.cert_file", "/nonexistent/cert.pem"][..])),
     ]);
     for (what, (config, needles)) in cases {
         let (ok, text) = validate(&config);

@@ -17,6 +17,7 @@ pub mod processor;
 pub mod receiver;
 pub mod service;
 pub mod storage;
+pub mod tls;
 
 pub use error::PipelineError;
 pub use metrics::CollectorMetrics;

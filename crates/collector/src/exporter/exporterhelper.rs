@@ -821,44 +821,32 @@ pub enum Compression {
     None,
 }
 
-/// `tls` of the OTLP exporters. Only `insecure: true` (plain HTTP/2 or HTTP/1.1) is
-/// supported: the workspace builds tonic and reqwest without TLS.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    pub insecure: bool,
-    pub insecure_skip_verify: bool,
-    pub ca_file: Option<String>,
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
-    pub server_name_override: Option<String>,
-}
+/// `tls` of the OTLP exporters (configtls `ClientConfig`); see [`crate::tls`].
+pub use crate::tls::TlsClientConfig as TlsConfig;
 
-/// Checks the scheme of `endpoint` against `tls` and gives back `http://host:port[/path]`.
-pub fn plain_endpoint(endpoint: &str, tls: &TlsConfig) -> Result<String, String> {
-    let no_tls = "TLS is not available in this build (tonic and reqwest are built without \
-                  it): use an http:// endpoint or set tls.insecure: true";
+/// The OTLP/gRPC endpoint as a URL, and whether TLS is used, by the reference's rule:
+/// `http://` is plain, `https://` is TLS, and a bare `host:port` is TLS unless `tls.insecure`.
+/// The URL keeps the scheme it is used with (`https://host:port` when TLS).
+pub fn grpc_endpoint(endpoint: &str, tls: &TlsConfig) -> Result<(String, bool), String> {
     if endpoint.is_empty() {
         return Err("endpoint: must be set".into());
     }
     if endpoint.starts_with("https://") {
-        return Err(format!("endpoint: {endpoint:?}: {no_tls}"));
-    }
-    if tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some() {
-        return Err(format!("tls: {no_tls}"));
+        return Ok((endpoint.to_string(), true));
     }
     if endpoint.starts_with("http://") {
-        return Ok(endpoint.to_string());
+        return Ok((endpoint.to_string(), false));
     }
     if endpoint.contains("://") {
         return Err(format!(
             "endpoint: {endpoint:?} has a scheme other than http:// or https://"
         ));
     }
-    if !tls.insecure {
-        return Err(format!("tls.insecure: {no_tls}"));
+    if tls.insecure {
+        Ok((format!("http://{endpoint}"), false))
+    } else {
+        Ok((format!("https://{endpoint}"), true))
     }
-    Ok(format!("http://{endpoint}"))
 }
 
 #[cfg(test)]
@@ -1248,25 +1236,31 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn endpoints_without_tls_are_refused_clearly() {
+    fn grpc_endpoints_use_tls_unless_insecure_or_http() {
         let tls = TlsConfig::default();
-        assert!(plain_endpoint("https://x:4317", &tls)
-            .unwrap_err()
-            .starts_with("endpoint"));
-        assert!(plain_endpoint("x:4317", &tls)
-            .unwrap_err()
-            .starts_with("tls.insecure"));
         assert_eq!(
-            plain_endpoint("http://x:4317", &tls).unwrap(),
-            "http://x:4317"
+            grpc_endpoint("https://x:4317", &tls).unwrap(),
+            ("https://x:4317".to_string(), true)
+        );
+        assert_eq!(
+            grpc_endpoint("x:4317", &tls).unwrap(),
+            ("https://x:4317".to_string(), true)
+        );
+        assert_eq!(
+            grpc_endpoint("http://x:4317", &tls).unwrap(),
+            ("http://x:4317".to_string(), false)
         );
         let insecure = TlsConfig {
             insecure: true,
             ..Default::default()
         };
         assert_eq!(
-            plain_endpoint("x:4317", &insecure).unwrap(),
-            "http://x:4317"
+            grpc_endpoint("x:4317", &insecure).unwrap(),
+            ("http://x:4317".to_string(), false)
         );
+        assert!(grpc_endpoint("", &tls).unwrap_err().starts_with("endpoint"));
+        assert!(grpc_endpoint("unix://x", &tls)
+            .unwrap_err()
+            .starts_with("endpoint"));
     }
 }

@@ -724,10 +724,11 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.routing_key, RoutingKey::Service);
         assert_eq!(parsed.resolver.dns.unwrap().port, 4317);
-        let mut insecure_missing = config(vec!["b1".into()]);
-        insecure_missing.protocol.otlp.tls.insecure = false;
-        assert!(check(&insecure_missing)
-            .unwrap_err()
-            .starts_with("protocol.otlp.tls"));
+        // TLS settings of the backends are checked (a CA file that does not exist).
+        let mut bad_ca = config(vec!["b1".into()]);
+        bad_ca.protocol.otlp.tls.insecure = false;
+        bad_ca.protocol.otlp.tls.ca_file = Some("/nonexistent".into());
+        let e = check(&bad_ca).unwrap_err();
+        assert!(e.starts_with("protocol.otlp.tls.ca_file"), "{e}");
     }
 }

@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::exporterhelper::{
-    self, plain_endpoint, Compression, QueueConfig, QueuedExporter, RetryConfig, SendError, Sender,
+    self, grpc_endpoint, Compression, QueueConfig, QueuedExporter, RetryConfig, SendError, Sender,
     TlsConfig, DEFAULT_TIMEOUT,
 };
 use crate::metrics::CollectorMetrics;
@@ -50,7 +50,8 @@ impl Default for KeepaliveConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `host:port` or `http://host:port`.
+    /// `host:port` (TLS unless `tls.insecure`), `http://host:port` (plain) or
+    /// `https://host:port` (TLS).
     pub endpoint: String,
     pub tls: TlsConfig,
     pub headers: BTreeMap<String, String>,
@@ -95,9 +96,12 @@ impl Default for Config {
 /// The exporter as the pipeline sees it.
 pub type OtlpExporter = QueuedExporter<GrpcSender>;
 
-/// Checks what serde cannot (endpoint, TLS, headers, retry and queue settings).
+/// Checks what serde cannot (endpoint, TLS files, headers, retry and queue settings).
 pub fn check(config: &Config) -> Result<(), String> {
-    plain_endpoint(&config.endpoint, &config.tls)?;
+    let (url, tls) = grpc_endpoint(&config.endpoint, &config.tls)?;
+    if tls {
+        tls_connector(config, &url)?;
+    }
     metadata(&config.headers)?;
     exporterhelper::check(&config.retry_on_failure, &config.sending_queue)
 }
@@ -145,15 +149,22 @@ pub struct GrpcSender {
 impl GrpcSender {
     /// Checks the config and creates the (lazily connecting) channel.
     pub fn new(config: &Config) -> Result<Self, String> {
-        let uri = plain_endpoint(&config.endpoint, &config.tls)?;
-        let mut endpoint = Endpoint::from_shared(uri.clone())
+        let (url, tls) = grpc_endpoint(&config.endpoint, &config.tls)?;
+        // The channel always connects to an http:// URI: with TLS our connector does the
+        // handshake, and the origin carries https:// into the requests' :scheme.
+        let connect_uri = match url.strip_prefix("https://") {
+            Some(rest) => format!("http://{rest}"),
+            None => url.clone(),
+        };
+        let mut endpoint = Endpoint::from_shared(connect_uri)
             .map_err(|e| {
                 format!(
                     "endpoint: {:?} is not a valid address: {e}",
                     config.endpoint
                 )
             })?
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
         if let Some(k) = &config.keepalive {
             if !k.time.is_zero() {
                 endpoint = endpoint
@@ -164,8 +175,14 @@ impl GrpcSender {
                 endpoint = endpoint.keep_alive_timeout(k.timeout);
             }
         }
-        if let Some(a) = &config.authority {
-            let origin: http::Uri = format!("http://{a}")
+        let scheme = if tls { "https" } else { "http" };
+        let authority = match &config.authority {
+            Some(a) => Some(a.clone()),
+            None if tls => endpoint.uri().authority().map(|a| a.to_string()),
+            None => None,
+        };
+        if let Some(a) = &authority {
+            let origin: http::Uri = format!("{scheme}://{a}")
                 .parse()
                 .map_err(|e| format!("authority: {a:?} is not a valid authority: {e}"))?;
             endpoint = endpoint.origin(origin);
@@ -173,7 +190,11 @@ impl GrpcSender {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err("the otlp exporter must be built inside a tokio runtime".into());
         }
-        let channel = endpoint.connect_lazy();
+        let channel = if tls {
+            endpoint.connect_with_connector_lazy(tls_connector(config, &url)?)
+        } else {
+            endpoint.connect_lazy()
+        };
         let mut grpc = tonic::client::Grpc::new(channel);
         match config.compression {
             Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
@@ -214,10 +235,100 @@ impl Sender for GrpcSender {
             let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
             match grpc.unary(request, path, RawCodec).await {
                 Ok(response) => Ok(outcome_of(response.get_ref())),
-                Err(status) => Err(error_of(&status)),
+                // A status with a source was made here, from a failure of the connection
+                // (e.g. the server closed it after refusing our certificate): retryable,
+                // whatever its code.
+                Err(status) => match std::error::Error::source(&status) {
+                    Some(source) => {
+                        let detail = chain(source);
+                        let message = if detail.starts_with(status.message()) {
+                            format!("{:?}: {detail}", status.code())
+                        } else {
+                            format!("{:?}: {}: {detail}", status.code(), status.message())
+                        };
+                        Err(SendError::retryable(message, None))
+                    }
+                    None => Err(error_of(&status)),
+                },
             }
         })
     }
+}
+
+/// The TLS connector of `config` for `url` (`https://host:port`): loads the PEM files.
+fn tls_connector(config: &Config, url: &str) -> Result<TlsConnector, String> {
+    let uri: http::Uri = url.parse().map_err(|e| {
+        format!(
+            "endpoint: {:?} is not a valid address: {e}",
+            config.endpoint
+        )
+    })?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("endpoint: {:?} has no host", config.endpoint))?;
+    let name = crate::tls::server_name(&config.tls, host)?;
+    let rustls = crate::tls::client_config(&config.tls, &[b"h2"])?;
+    Ok(TlsConnector {
+        config: Arc::new(rustls),
+        name,
+    })
+}
+
+/// Connects over TCP and completes the TLS handshake (ALPN h2) for the channel.
+#[derive(Clone)]
+struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<TlsIo, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let name = self.name.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = connector.connect(name, tcp).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("TLS handshake with {host}:{port}: {e}"))
+            })?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+/// An error and its sources, joined with ": ".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 fn outcome_of(response: &ExportTraceServiceResponse) -> ExportOutcome {
@@ -606,15 +717,185 @@ pub(crate) mod tests {
         assert!(!error_of(&Status::unauthenticated("x")).is_retryable());
     }
 
-    #[test]
-    fn config_keys_and_tls_refusal() {
+    #[tokio::test]
+    async fn config_keys_and_tls_files() {
+        // A bare host:port is TLS (system roots) unless insecure.
         let cfg = Config {
             endpoint: "backend:4317".into(),
             ..Default::default()
         };
-        let err = GrpcSender::new(&cfg).err().unwrap();
-        assert!(err.starts_with("tls.insecure"), "{err}");
+        assert!(GrpcSender::new(&cfg).is_ok());
+        assert_eq!(check(&cfg), Ok(()));
+        let missing = Config {
+            tls: TlsConfig {
+                ca_file: Some("/nonexistent/ca.pem".into()),
+                ..Default::default()
+            },
+            ..cfg.clone()
+        };
+        let err = check(&missing).unwrap_err();
+        assert!(
+            err.starts_with("tls.ca_file: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        // Plain text: the TLS files are not read.
+        let insecure = Config {
+            tls: TlsConfig {
+                insecure: true,
+                ..missing.tls.clone()
+            },
+            ..missing.clone()
+        };
+        assert_eq!(check(&insecure), Ok(()));
         assert_eq!(Config::default().compression, Compression::Gzip);
         assert_eq!(Config::default().timeout, Duration::from_secs(5));
+    }
+
+    /// An OTLP/gRPC receiver over TLS on 127.0.0.1:0.
+    async fn grpc_tls_backend(
+        sink: Arc<dyn Consumer>,
+        tls: &crate::tls::TlsServerConfig,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = CollectorMetrics::unregistered();
+        let limiter = MemoryLimiter::new(&Default::default(), metrics.clone());
+        let config = crate::tls::server_config(tls, &[b"h2"]).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::receiver::grpc::serve_with_tls(
+            listener,
+            sink,
+            limiter,
+            metrics,
+            20 << 20,
+            Some(config),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        (addr, tx)
+    }
+
+    /// One attempt, without retries.
+    async fn attempt(endpoint: String, tls: TlsConfig) -> Result<ExportOutcome, SendError> {
+        let cfg = Config {
+            tls,
+            ..fast(endpoint)
+        };
+        GrpcSender::new(&cfg).unwrap().send(&spans(4, 0, 2)).await
+    }
+
+    #[tokio::test]
+    async fn delivers_over_tls_and_refuses_an_untrusted_server() {
+        let pki = crate::tls::tests::TestPki::new();
+        let sink = Recorder::new();
+        let (addr, _stop) = grpc_tls_backend(sink.clone(), &pki.server(false)).await;
+        let port = addr.port();
+        // Schemeless: TLS, as the reference does unless insecure.
+        let m = CollectorMetrics::unregistered();
+        let cfg = Config {
+            tls: pki.client("ca.pem", false),
+            ..fast(format!("localhost:{port}"))
+        };
+        let e = build("otlp/tls", &cfg, None, &m).unwrap();
+        e.consume(spans(4, 0, 3)).await.unwrap();
+        assert_eq!(sink.span_count(), 3);
+        // https:// and an IP address (the certificate names 127.0.0.1 too).
+        attempt(
+            format!("https://127.0.0.1:{port}"),
+            pki.client("ca.pem", false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.span_count(), 5);
+        // A CA that did not sign the server's certificate.
+        let err = attempt(
+            format!("localhost:{port}"),
+            pki.client("other-ca.pem", false),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            err.message.to_lowercase().contains("certificate"),
+            "{}",
+            err.message
+        );
+        // The server's certificate does not name the override.
+        let wrong_name = TlsConfig {
+            server_name_override: Some("elsewhere.example".into()),
+            ..pki.client("ca.pem", false)
+        };
+        let err = attempt(format!("localhost:{port}"), wrong_name)
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("certificate"), "{}", err.message);
+        let right_name = TlsConfig {
+            server_name_override: Some("localhost".into()),
+            ..pki.client("ca.pem", false)
+        };
+        attempt(format!("127.0.0.1:{port}"), right_name)
+            .await
+            .unwrap();
+        // insecure_skip_verify: no CA needed.
+        let skip = TlsConfig {
+            insecure_skip_verify: true,
+            ..Default::default()
+        };
+        attempt(format!("localhost:{port}"), skip).await.unwrap();
+        assert_eq!(sink.span_count(), 9);
+        // Plain HTTP/2 to a TLS server fails.
+        let insecure = TlsConfig {
+            insecure: true,
+            ..Default::default()
+        };
+        assert!(attempt(format!("localhost:{port}"), insecure)
+            .await
+            .is_err());
+        assert_eq!(sink.span_count(), 9);
+    }
+
+    #[tokio::test]
+    async fn mtls_requires_a_client_certificate() {
+        let pki = crate::tls::tests::TestPki::new();
+        let sink = Recorder::new();
+        let (addr, _stop) = grpc_tls_backend(sink.clone(), &pki.server(true)).await;
+        let endpoint = format!("localhost:{}", addr.port());
+        let err = attempt(endpoint.clone(), pki.client("ca.pem", false))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            err.message.to_lowercase().contains("certificate"),
+            "{}",
+            err.message
+        );
+        assert_eq!(sink.span_count(), 0);
+        attempt(endpoint, pki.client("ca.pem", true)).await.unwrap();
+        assert_eq!(sink.span_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn insecure_true_keeps_plain_http2() {
+        let sink = Recorder::new();
+        let (addr, _stop) = grpc_backend(sink.clone()).await;
+        let insecure = TlsConfig {
+            insecure: true,
+            ..Default::default()
+        };
+        attempt(format!("127.0.0.1:{}", addr.port()), insecure)
+            .await
+            .unwrap();
+        assert_eq!(sink.span_count(), 2);
+        // Without insecure, a bare host:port is TLS, which a plain server does not speak.
+        let pki = crate::tls::tests::TestPki::new();
+        let err = attempt(
+            format!("127.0.0.1:{}", addr.port()),
+            pki.client("ca.pem", false),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert_eq!(sink.span_count(), 2);
     }
 }

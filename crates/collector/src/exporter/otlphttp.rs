@@ -13,8 +13,8 @@ use sextant_otlp_proto::proto::{ExportTraceServiceRequest, ExportTraceServiceRes
 use sextant_otlp_proto::rpc::RpcStatus;
 
 use super::exporterhelper::{
-    self, gzip, plain_endpoint, Compression, QueueConfig, QueuedExporter, RetryConfig, SendError,
-    Sender, TlsConfig, DEFAULT_TIMEOUT,
+    self, gzip, Compression, QueueConfig, QueuedExporter, RetryConfig, SendError, Sender,
+    TlsConfig, DEFAULT_TIMEOUT,
 };
 use crate::metrics::CollectorMetrics;
 use crate::{BoxFuture, ExportOutcome, TraceBatch};
@@ -114,32 +114,46 @@ mod opt_duration {
     }
 }
 
-/// The URL traces are posted to.
+/// The URL traces are posted to: `traces_endpoint`, else `<endpoint>/v1/traces`. Its scheme
+/// decides TLS (`https://`), as in the reference.
 fn traces_url(config: &Config) -> Result<String, String> {
-    let tls = TlsConfig {
-        insecure: true,
-        ..config.tls.clone()
-    };
     match &config.traces_endpoint {
-        Some(t) => plain_endpoint(t, &tls)
-            .map_err(|e| e.replacen("endpoint", "traces_endpoint", 1))
-            .and_then(|u| require_scheme(t, u, "traces_endpoint")),
+        Some(t) => require_scheme(t, "traces_endpoint").map(|()| t.clone()),
         None => {
-            let base = plain_endpoint(&config.endpoint, &tls)?;
-            let base = require_scheme(&config.endpoint, base, "endpoint")?;
-            Ok(format!("{}/v1/traces", base.trim_end_matches('/')))
+            require_scheme(&config.endpoint, "endpoint")?;
+            Ok(format!(
+                "{}/v1/traces",
+                config.endpoint.trim_end_matches('/')
+            ))
         }
     }
 }
 
-fn require_scheme(given: &str, url: String, key: &str) -> Result<String, String> {
-    if given.starts_with("http://") {
-        Ok(url)
-    } else {
-        Err(format!(
-            "{key}: {given:?} must be a URL starting with http://"
-        ))
+fn require_scheme(given: &str, key: &str) -> Result<(), String> {
+    if given.is_empty() {
+        return Err(format!("{key}: must be set"));
     }
+    let rest = given
+        .strip_prefix("http://")
+        .or_else(|| given.strip_prefix("https://"))
+        .ok_or_else(|| {
+            format!("{key}: {given:?} must be a URL starting with http:// or https://")
+        })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{key}: {given:?} has no host"));
+    }
+    reqwest::Url::parse(given)
+        .map(|_| ())
+        .map_err(|e| format!("{key}: {given:?} is not a valid URL: {e}"))
+}
+
+/// The rustls configuration when the URL is `https://` (loads the PEM files).
+fn tls_of(config: &Config, url: &str) -> Result<Option<rustls::ClientConfig>, String> {
+    if !url.starts_with("https://") {
+        return Ok(None);
+    }
+    // HTTP/1.1 only: reqwest is built without HTTP/2.
+    crate::tls::client_config(&config.tls, &[b"http/1.1"]).map(Some)
 }
 
 fn header_map(config: &Config) -> Result<HeaderMap, String> {
@@ -168,19 +182,10 @@ fn header_map(config: &Config) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-/// Checks what serde cannot (URLs, TLS, headers, retry and queue settings).
+/// Checks what serde cannot (URLs, TLS files, headers, retry and queue settings).
 pub fn check(config: &Config) -> Result<(), String> {
-    if config.tls.ca_file.is_some()
-        || config.tls.cert_file.is_some()
-        || config.tls.key_file.is_some()
-    {
-        return Err(
-            "tls: TLS is not available in this build (reqwest is built without it): \
-                    use an http:// endpoint"
-                .into(),
-        );
-    }
-    traces_url(config)?;
+    let url = traces_url(config)?;
+    tls_of(config, &url)?;
     header_map(config)?;
     exporterhelper::check(&config.retry_on_failure, &config.sending_queue)
 }
@@ -222,6 +227,9 @@ impl HttpSender {
         check(config)?;
         let url = traces_url(config)?;
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = tls_of(config, &url)? {
+            builder = builder.use_preconfigured_tls(tls);
+        }
         if !config.timeout.is_zero() {
             builder = builder.timeout(config.timeout);
         }
@@ -263,6 +271,21 @@ impl HttpSender {
                 .map_err(|e| SendError::permanent(format!("cannot zstd the request: {e}"))),
         }
     }
+}
+
+/// An error and its sources (reqwest's own text leaves out why a connection failed).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 /// `Retry-After`: seconds (an HTTP date is not parsed: the backoff applies then).
@@ -308,7 +331,9 @@ impl Sender for HttpSender {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| SendError::retryable(format!("POST {}: {e}", self.url), None))?;
+                .map_err(|e| {
+                    SendError::retryable(format!("POST {}: {}", self.url, chain(&e)), None)
+                })?;
             let status = response.status();
             let delay = retry_after(response.headers());
             let json_body = response
@@ -561,7 +586,31 @@ mod tests {
         let cfg = fast("http://h:4318/".into());
         assert_eq!(traces_url(&cfg).unwrap(), "http://h:4318/v1/traces");
         let cfg = fast("https://h:4318".into());
-        assert!(check(&cfg).unwrap_err().starts_with("endpoint"));
+        assert_eq!(check(&cfg), Ok(()));
+        assert_eq!(traces_url(&cfg).unwrap(), "https://h:4318/v1/traces");
+        assert!(check(&fast("h:4318".into()))
+            .unwrap_err()
+            .starts_with("endpoint"));
+        assert!(check(&fast("".into())).unwrap_err().starts_with("endpoint"));
+        // TLS files are read (only) for https:// URLs.
+        let tls = TlsConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let bad = Config {
+            tls: tls.clone(),
+            ..fast("https://h:4318".into())
+        };
+        let err = check(&bad).unwrap_err();
+        assert!(
+            err.starts_with("tls.ca_file: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
+        let plain = Config {
+            tls,
+            ..fast("http://h:4318".into())
+        };
+        assert_eq!(check(&plain), Ok(()));
         let parsed: Config = serde_json::from_str(
             r#"{"endpoint": "http://h:4318", "encoding": "json", "compression": "zstd",
                 "timeout": "2s", "retry_on_failure": {"max_elapsed_time": "1m"}}"#,
@@ -572,5 +621,130 @@ mod tests {
         assert!(serde_json::from_str::<Config>(r#"{"endpoint": "x", "bogus": 1}"#).is_err());
         let none: Config = serde_json::from_str(r#"{"compression": ""}"#).unwrap();
         assert_eq!(none.compression, Compression::None);
+    }
+
+    /// An OTLP/HTTP receiver over TLS on 127.0.0.1:0.
+    async fn https_backend(
+        sink: Arc<dyn Consumer>,
+        tls: &crate::tls::TlsServerConfig,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = CollectorMetrics::unregistered();
+        let limiter = MemoryLimiter::new(&Default::default(), metrics.clone());
+        let router = crate::receiver::http::router(sink, limiter, metrics, 20 << 20);
+        let config = crate::tls::server_config(tls, &[b"h2", b"http/1.1"]).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::receiver::http::serve_with_tls(
+            listener,
+            router,
+            Some(config),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        (addr, tx)
+    }
+
+    /// One attempt, without retries.
+    async fn attempt(endpoint: String, tls: TlsConfig) -> Result<ExportOutcome, SendError> {
+        let cfg = Config {
+            tls,
+            ..fast(endpoint)
+        };
+        HttpSender::new(&cfg).unwrap().send(&spans(6, 0, 2)).await
+    }
+
+    #[tokio::test]
+    async fn delivers_over_https_and_refuses_an_untrusted_server() {
+        let pki = crate::tls::tests::TestPki::new();
+        let sink = Recorder::new();
+        let (addr, stop) = https_backend(sink.clone(), &pki.server(false)).await;
+        let port = addr.port();
+        let m = CollectorMetrics::unregistered();
+        let cfg = Config {
+            tls: pki.client("ca.pem", false),
+            ..fast(format!("https://localhost:{port}"))
+        };
+        let e = build("otlphttp/tls", &cfg, None, &m).unwrap();
+        e.consume(spans(6, 0, 3)).await.unwrap();
+        assert_eq!(sink.span_count(), 3);
+        attempt(
+            format!("https://127.0.0.1:{port}"),
+            pki.client("ca.pem", false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(sink.span_count(), 5);
+        let err = attempt(
+            format!("https://localhost:{port}"),
+            pki.client("other-ca.pem", false),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            err.message.to_lowercase().contains("certificate"),
+            "{}",
+            err.message
+        );
+        let wrong_name = TlsConfig {
+            server_name_override: Some("elsewhere.example".into()),
+            ..pki.client("ca.pem", false)
+        };
+        assert!(attempt(format!("https://localhost:{port}"), wrong_name)
+            .await
+            .is_err());
+        let right_name = TlsConfig {
+            server_name_override: Some("localhost".into()),
+            ..pki.client("ca.pem", false)
+        };
+        attempt(format!("https://127.0.0.1:{port}"), right_name)
+            .await
+            .unwrap();
+        let skip = TlsConfig {
+            insecure_skip_verify: true,
+            ..Default::default()
+        };
+        attempt(format!("https://localhost:{port}"), skip)
+            .await
+            .unwrap();
+        assert_eq!(sink.span_count(), 9);
+        // Plain HTTP to the TLS server is not answered as OTLP.
+        assert!(
+            attempt(format!("http://localhost:{port}"), TlsConfig::default())
+                .await
+                .is_err()
+        );
+        assert_eq!(sink.span_count(), 9);
+        // The server stops on its shutdown signal.
+        drop(stop);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(attempt(
+            format!("https://localhost:{port}"),
+            pki.client("ca.pem", false)
+        )
+        .await
+        .is_err());
+    }
+
+    #[tokio::test]
+    async fn https_mtls_requires_a_client_certificate() {
+        let pki = crate::tls::tests::TestPki::new();
+        let sink = Recorder::new();
+        let (addr, _stop) = https_backend(sink.clone(), &pki.server(true)).await;
+        let url = format!("https://localhost:{}", addr.port());
+        let err = attempt(url.clone(), pki.client("ca.pem", false))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            err.message.to_lowercase().contains("certificate"),
+            "{}",
+            err.message
+        );
+        assert_eq!(sink.span_count(), 0);
+        attempt(url, pki.client("ca.pem", true)).await.unwrap();
+        assert_eq!(sink.span_count(), 2);
     }
 }

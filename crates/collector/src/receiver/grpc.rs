@@ -209,6 +209,30 @@ pub async fn serve(
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_tls(
+        listener,
+        pipeline,
+        limiter,
+        metrics,
+        max_message_bytes,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], over TLS when `tls` is given (see [`crate::tls::server_config`], ALPN `h2`):
+/// handshakes run concurrently, and a client that fails one (no certificate where
+/// `client_ca_file` requires one, a CA it does not trust) is logged and dropped.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    pipeline: Arc<dyn Consumer>,
+    limiter: MemoryLimiter,
+    metrics: CollectorMetrics,
+    max_message_bytes: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let service = TraceServer {
         export: Arc::new(Export {
             pipeline,
@@ -225,11 +249,24 @@ pub async fn serve(
             Ok(req)
         }
     });
-    tonic::transport::Server::builder()
-        .add_service(guarded)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
-        .await
+    let router = tonic::transport::Server::builder().add_service(guarded);
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown,
+                )
+                .await
+        }
+        Some(config) => {
+            let accepted = crate::tls::accept_tls(listener, config, "otlp-grpc");
+            let incoming = futures::stream::unfold(accepted, |mut rx| async move {
+                rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+            });
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }

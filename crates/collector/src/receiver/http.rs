@@ -99,9 +99,50 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with_tls(listener, router, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (see [`crate::tls::server_config`]; HTTP/1.1 and
+/// HTTP/2 by ALPN): handshakes run concurrently, and a client that fails one is logged and
+/// dropped.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(config) = tls else {
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let mut accepted = crate::tls::accept_tls(listener, config, "otlp-http");
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            s = accepted.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let conn = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(receiver = "otlp-http", error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(accepted);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn error_response(format: Format, err: &PipelineError) -> Response {

@@ -165,6 +165,8 @@ pub struct GrpcServerConfig {
     pub include_metadata: Option<bool>,
     pub transport: Option<String>,
     pub keepalive: Option<serde_yaml_value::Any>,
+    /// TLS (configtls server settings): `cert_file`, `key_file`, `client_ca_file`, ...
+    pub tls: Option<crate::tls::TlsServerConfig>,
 }
 
 impl Default for GrpcServerConfig {
@@ -178,6 +180,7 @@ impl Default for GrpcServerConfig {
             include_metadata: None,
             transport: None,
             keepalive: None,
+            tls: None,
         }
     }
 }
@@ -192,6 +195,8 @@ pub struct HttpServerConfig {
     /// Where traces are posted.
     pub traces_url_path: String,
     pub include_metadata: Option<bool>,
+    /// TLS (configtls server settings): `cert_file`, `key_file`, `client_ca_file`, ...
+    pub tls: Option<crate::tls::TlsServerConfig>,
 }
 
 impl Default for HttpServerConfig {
@@ -201,6 +206,7 @@ impl Default for HttpServerConfig {
             max_request_body_size: 20 * 1024 * 1024,
             traces_url_path: "/v1/traces".into(),
             include_metadata: None,
+            tls: None,
         }
     }
 }

@@ -462,6 +462,14 @@ impl Service {
                 }
             };
             if let Some(g) = &c.protocols.grpc {
+                let tls = g
+                    .tls
+                    .as_ref()
+                    .map(|t| crate::tls::server_config(t, &[b"h2"]))
+                    .transpose()
+                    .map_err(|m| {
+                        build_err(format!("receiver {id}"), format!("protocols.grpc.{m}"))
+                    })?;
                 let listener = bind(&format!("receiver {id} (grpc)"), &g.endpoint).await?;
                 if let Ok(a) = listener.local_addr() {
                     note(label("grpc"), a, options.print_addresses);
@@ -472,13 +480,23 @@ impl Service {
                 receiver_tasks.push((
                     label("grpc"),
                     tokio::spawn(async move {
-                        crate::receiver::grpc::serve(listener, head, limiter, metrics, max, stop)
-                            .await
-                            .map_err(|e| e.to_string())
+                        crate::receiver::grpc::serve_with_tls(
+                            listener, head, limiter, metrics, max, tls, stop,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
                     }),
                 ));
             }
             if let Some(h) = &c.protocols.http {
+                let tls = h
+                    .tls
+                    .as_ref()
+                    .map(|t| crate::tls::server_config(t, &[b"h2", b"http/1.1"]))
+                    .transpose()
+                    .map_err(|m| {
+                        build_err(format!("receiver {id}"), format!("protocols.http.{m}"))
+                    })?;
                 let listener = bind(&format!("receiver {id} (http)"), &h.endpoint).await?;
                 if let Ok(a) = listener.local_addr() {
                     note(label("http"), a, options.print_addresses);
@@ -494,7 +512,7 @@ impl Service {
                 receiver_tasks.push((
                     label("http"),
                     tokio::spawn(async move {
-                        crate::receiver::http::serve(listener, router, stop)
+                        crate::receiver::http::serve_with_tls(listener, router, tls, stop)
                             .await
                             .map_err(|e| e.to_string())
                     }),
@@ -680,6 +698,29 @@ pub fn check_buildable(doc: &Document) -> Result<(), ConfigErrors> {
         };
         if let Err(m) = r {
             errors.push(located(doc, &format!("processors.{id}"), &m));
+        }
+    }
+    for (id, ReceiverConfig::Otlp(c)) in &doc.receivers {
+        let protocols = [
+            (
+                "grpc",
+                c.protocols.grpc.as_ref().and_then(|g| g.tls.as_ref()),
+            ),
+            (
+                "http",
+                c.protocols.http.as_ref().and_then(|h| h.tls.as_ref()),
+            ),
+        ];
+        for (proto, tls) in protocols {
+            if let Some(t) = tls {
+                if let Err(m) = crate::tls::server_config(t, &[]) {
+                    errors.push(located(
+                        doc,
+                        &format!("receivers.{id}.protocols.{proto}"),
+                        &m,
+                    ));
+                }
+            }
         }
     }
     for (id, c) in &doc.connectors {
