@@ -1203,3 +1203,101 @@ fn reference_hash_matches_a_known_fnv_vector() {
     assert!(reference_hash_keeps(&id, 22, 100.0));
     assert!(!reference_hash_keeps(&id, 22, 0.0));
 }
+
+/// k8sattributes' `pod_association: from: connection` maps the client's address (what the
+/// receiver saw, over gRPC and over HTTP) to its pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8sattributes_from_connection_uses_the_client_address() {
+    let store = Server::start(&[]);
+    let pods_dir = tempfile::tempdir().expect("temp dir");
+    let pods = pods_dir.path().join("pods.json");
+    std::fs::write(
+        &pods,
+        r#"[{"name": "local-pod", "namespace": "loopback", "uid": "lo-uid", "ip": "127.0.0.1", "node": "node-lo"}]"#,
+    )
+    .expect("write pod list");
+    let collector = Collector::start(&format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:0
+      http:
+        endpoint: 127.0.0.1:0
+processors:
+  k8sattributes:
+    pod_list_file: {pods}
+    from_env: false
+    pod_association:
+      - sources:
+          - from: connection
+exporters:
+  otlp:
+    endpoint: {store}
+    tls:
+      insecure: true
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [k8sattributes]
+      exporters: [otlp]
+  telemetry:
+    metrics:
+      level: none
+"#,
+        pods = pods.display(),
+        store = grpc_endpoint(&store)
+    ));
+    let grpc_trace = random_trace_id();
+    let span = |tid: &[u8]| {
+        span_at(
+            tid,
+            &random_span_id(),
+            &[],
+            "GET /",
+            SPAN_KIND_SERVER,
+            0,
+            5,
+            false,
+            vec![],
+        )
+    };
+    let mut client = o::trace_client(&collector.grpc_url()).await;
+    o::export(&mut client, request("via-grpc", vec![span(&grpc_trace)]))
+        .await
+        .expect("gRPC export");
+    let http_trace = random_trace_id();
+    let body = prost::Message::encode_to_vec(&request("via-http", vec![span(&http_trace)]));
+    let resp = sextant_tests::post(
+        &format!("{}/v1/traces", collector.http_url()),
+        &[("content-type", "application/x-protobuf")],
+        body,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for (via, tid) in [("grpc", &grpc_trace), ("http", &http_trace)] {
+        let (_, data) = wait_for_trace(&store, &hex::encode(tid), 1).await;
+        let res = &data.resource_spans[0]
+            .resource
+            .as_ref()
+            .expect("resource")
+            .attributes;
+        assert_eq!(
+            attr_str(res, "k8s.pod.ip").as_deref(),
+            Some("127.0.0.1"),
+            "{via}"
+        );
+        assert_eq!(
+            attr_str(res, "k8s.pod.name").as_deref(),
+            Some("local-pod"),
+            "{via}"
+        );
+        assert_eq!(
+            attr_str(res, "k8s.namespace.name").as_deref(),
+            Some("loopback"),
+            "{via}"
+        );
+    }
+}

@@ -96,6 +96,7 @@ impl Export {
     async fn export(
         &self,
         request: ValidatedRequest,
+        client: Option<std::net::IpAddr>,
     ) -> Result<ExportTraceServiceResponse, Status> {
         let spans = request.recorded.span_count();
         let _admission = match self.limiter.admit(request.bytes.len()) {
@@ -105,11 +106,9 @@ impl Export {
                 return Err(e.to_grpc());
             }
         };
-        match self
-            .pipeline
-            .consume(TraceBatch::from_scanned(request.bytes, request.recorded))
-            .await
-        {
+        let mut batch = TraceBatch::from_scanned(request.bytes, request.recorded);
+        batch.client = client;
+        match self.pipeline.consume(batch).await {
             Ok(outcome) => {
                 let rejected = (outcome.rejected_spans as usize).min(spans);
                 self.metrics.accepted("otlp", "grpc", spans - rejected);
@@ -133,7 +132,13 @@ impl tonic::server::UnaryService<ValidatedRequest> for ExportCall {
 
     fn call(&mut self, request: Request<ValidatedRequest>) -> Self::Future {
         let export = self.0.clone();
-        Box::pin(async move { export.export(request.into_inner()).await.map(Response::new) })
+        let client = request.remote_addr().map(|a| a.ip());
+        Box::pin(async move {
+            export
+                .export(request.into_inner(), client)
+                .await
+                .map(Response::new)
+        })
     }
 }
 

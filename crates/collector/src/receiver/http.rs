@@ -112,9 +112,12 @@ pub async fn serve_with_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(config) = tls else {
-        return axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        return axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
     };
     let mut accepted = crate::tls::accept_tls(listener, config, "otlp-http");
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -129,7 +132,14 @@ pub async fn serve_with_tls(
                 None => break,
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let peer = stream.get_ref().0.peer_addr().ok();
+        let router = match peer {
+            Some(peer) => router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            None => router.clone(),
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router);
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -188,13 +198,21 @@ fn format_of(headers: &HeaderMap) -> Result<Format, PipelineError> {
     }
 }
 
-async fn export(State(rx): State<Receiver>, headers: HeaderMap, body: Body) -> Response {
+async fn export(
+    State(rx): State<Receiver>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let client = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let format = match format_of(&headers) {
         Ok(f) => f,
         // The body's format is unknown: answer in protobuf, the OTLP default.
         Err(e) => return error_response(Format::Protobuf, &e),
     };
-    match handle(&rx, format, &headers, body).await {
+    match handle(&rx, format, &headers, body, client).await {
         Ok(resp) => resp,
         Err(e) => error_response(format, &e),
     }
@@ -205,6 +223,7 @@ async fn handle(
     format: Format,
     headers: &HeaderMap,
     body: Body,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Response, PipelineError> {
     if rx.limiter.is_over() {
         return Err(rx.limiter.refusal());
@@ -251,6 +270,8 @@ async fn handle(
             TraceBatch::from_decoded(request.resource_spans)
         }
     };
+    let mut batch = batch;
+    batch.client = client;
     let spans = batch.span_count;
     // Account for the decoded size now that it is known.
     drop(admission);
