@@ -57,17 +57,17 @@ impl HostBuild for NoHost {}
 pub enum StartError {
     #[error("{component}: {message}")]
     Build { component: String, message: String },
-    #[error("{component}: cannot listen on {endpoint}: {source}")]
+    #[error("{component}: cannot listen on {endpoint}: {error}")]
     Bind {
         component: String,
         endpoint: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("extension {component}: cannot open storage in {directory}: {source}")]
+    #[error("extension {component}: cannot open storage in {directory}: {error}")]
     Storage {
         component: String,
         directory: String,
-        source: sled::Error,
+        error: sled::Error,
     },
 }
 
@@ -189,10 +189,10 @@ async fn bind(component: &str, endpoint: &str) -> Result<TcpListener, StartError
     let addr = bind_addr(endpoint);
     TcpListener::bind(&addr)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             component: component.to_string(),
             endpoint: endpoint.to_string(),
-            source,
+            error,
         })
 }
 
@@ -219,17 +219,17 @@ impl Service {
         let mut storages: Vec<(ComponentId, Storage)> = Vec::new();
         for (id, ext) in &doc.extensions {
             if let ExtensionConfig::FileStorage(c) = ext {
-                if let Err(source) = std::fs::create_dir_all(&c.directory) {
+                if let Err(error) = std::fs::create_dir_all(&c.directory) {
                     return Err(StartError::Bind {
                         component: format!("extension {id}"),
                         endpoint: c.directory.display().to_string(),
-                        source,
+                        error,
                     });
                 }
-                let s = Storage::open(&c.directory).map_err(|source| StartError::Storage {
+                let s = Storage::open(&c.directory).map_err(|error| StartError::Storage {
                     component: id.to_string(),
                     directory: c.directory.display().to_string(),
-                    source,
+                    error,
                 })?;
                 storages.push((id.clone(), s));
             }

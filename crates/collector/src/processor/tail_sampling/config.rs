@@ -42,7 +42,7 @@ impl Default for Config {
             sample_on_first_match: false,
             drop_pending_traces_on_shutdown: false,
             policies: Vec::new(),
-            max_buffered_bytes_mib: 64,
+            max_buffered_bytes_mib: 32,
             storage: None,
         }
     }

