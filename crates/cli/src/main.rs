@@ -51,7 +51,23 @@ enum Command {
     NullServer(null_server::NullServerArgs),
 }
 
+/// mimalloc's `mi_option_purge_delay` (libmimalloc-sys names its neighbours,
+/// `mi_option_eager_commit_delay` = 14 and `mi_option_use_numa_nodes` = 16, but not it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Returns freed memory to the OS at once instead of after mimalloc's default 10 ms (which
+/// its arenas multiply by 10): a flooded collector's peak RSS drops by about a third (187 ->
+/// 118 MiB with tail sampling, `cargo xtask bench collector`) for a few percent of throughput.
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides, where set.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set only stores the value; mimalloc reads it when it next purges.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let logs = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
