@@ -622,20 +622,8 @@ impl Inner {
 }
 
 impl Consumer for ServiceGraph {
-    fn consume(
-        &self,
-        mut batch: TraceBatch,
-    ) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
-        let result = match batch.decode() {
-            Ok(spans) => {
-                self.record(spans);
-                Ok(ExportOutcome::default())
-            }
-            Err(e) => Err(PipelineError::InvalidArgument(format!(
-                "cannot decode spans: {e}"
-            ))),
-        };
-        Box::pin(async move { result })
+    fn consume(&self, batch: TraceBatch) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
+        super::consume_with(batch, |spans| self.record(spans))
     }
 }
 

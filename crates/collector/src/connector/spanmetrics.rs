@@ -936,20 +936,8 @@ fn release(refs: &mut FxHashMap<Labels, usize>, labels: &Labels) -> bool {
 }
 
 impl Consumer for SpanMetrics {
-    fn consume(
-        &self,
-        mut batch: TraceBatch,
-    ) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
-        let result = match batch.decode() {
-            Ok(spans) => {
-                self.record(spans);
-                Ok(ExportOutcome::default())
-            }
-            Err(e) => Err(PipelineError::InvalidArgument(format!(
-                "cannot decode spans: {e}"
-            ))),
-        };
-        Box::pin(async move { result })
+    fn consume(&self, batch: TraceBatch) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
+        super::consume_with(batch, |spans| self.record(spans))
     }
 }
 

@@ -57,9 +57,7 @@ impl Consumer for Transform {
     ) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
         Box::pin(async move {
             let client = batch.client;
-            let spans = batch
-                .decode()
-                .map_err(|e| PipelineError::InvalidArgument(format!("cannot decode spans: {e}")))?;
+            let spans = decoded(&mut batch)?;
             self.processor.process_from(spans, client);
             prune(spans);
             batch.span_count = count_spans(&batch.decoded);
@@ -69,6 +67,13 @@ impl Consumer for Transform {
             self.next.consume(batch).await
         })
     }
+}
+
+/// The batch's spans, decoded (a batch that cannot be decoded is bad data).
+pub fn decoded(batch: &mut TraceBatch) -> Result<&mut Vec<ResourceSpans>, PipelineError> {
+    batch
+        .decode()
+        .map_err(|e| PipelineError::InvalidArgument(format!("cannot decode spans: {e}")))
 }
 
 /// Removes scopes without spans and resources without scopes.
