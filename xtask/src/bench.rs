@@ -419,20 +419,7 @@ fn run_all_in_one(bin: &Path, opts: &Options, scratch: &Path) -> Result<AioRun> 
             .stderr(log_file(&log)?),
         Some(log),
     )?;
-    let lines = Lines::new(server.take_stdout().context("no stdout")?);
-    let mut grpc_addr: Option<String> = None;
-    lines.wait_for(&mut server, "`ready`", STARTUP_TIMEOUT, |l| {
-        if let Some(a) = l.strip_prefix("otlp-grpc listening on ") {
-            grpc_addr = Some(a.trim().to_string());
-        }
-        (l == "ready").then_some(())
-    })?;
-    let Some(grpc_addr) = grpc_addr else {
-        bail!(
-            "all-in-one printed `ready` without `otlp-grpc listening on ADDR` first{}",
-            server.log_tail()
-        );
-    };
+    let grpc_addr = wait_ready(&mut server, "all-in-one")?;
 
     let sampler = RssSampler::start(server.pid());
     let gen = run_gen(bin, opts, &grpc_addr, &mut server);
@@ -459,6 +446,25 @@ fn run_all_in_one(bin: &Path, opts: &Options, scratch: &Path) -> Result<AioRun> 
         disk_bytes,
         shutdown,
     })
+}
+
+/// Waits for a server's `ready`, answering the address of its `otlp-grpc listening on` line.
+pub(crate) fn wait_ready(server: &mut ChildGuard, what: &str) -> Result<String> {
+    let lines = Lines::new(server.take_stdout().context("no stdout")?);
+    let mut grpc_addr: Option<String> = None;
+    lines.wait_for(server, "`ready`", STARTUP_TIMEOUT, |l| {
+        if let Some(a) = l.strip_prefix("otlp-grpc listening on ") {
+            grpc_addr = Some(a.trim().to_string());
+        }
+        (l == "ready").then_some(())
+    })?;
+    match grpc_addr {
+        Some(a) => Ok(a),
+        None => bail!(
+            "{what} printed `ready` without `otlp-grpc listening on ADDR` first{}",
+            server.log_tail()
+        ),
+    }
 }
 
 /// Runs `sextant gen --json` against `addr`; its progress goes to our stderr.

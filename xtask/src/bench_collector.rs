@@ -12,13 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::bench::{log_file, num, run_gen, start_null_server, Options, RssSampler};
-use crate::util::{self, cargo, target_dir, ChildGuard, Lines, TempDir};
+use crate::bench::{log_file, num, run_gen, start_null_server, wait_ready, Options, RssSampler};
+use crate::util::{self, cargo, target_dir, ChildGuard, TempDir};
 
 const TARGET_PASS_SPS: f64 = 150_000.0;
 const TARGET_TAIL_SPS: f64 = 80_000.0;
 const TARGET_TAIL_RSS_MIB: f64 = 200.0;
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 const PASS_THROUGH: &str = r#"
@@ -253,20 +252,7 @@ fn run_collector(
             .stderr(log_file(&log)?),
         Some(log),
     )?;
-    let lines = Lines::new(server.take_stdout().context("no stdout")?);
-    let mut grpc: Option<String> = None;
-    lines.wait_for(&mut server, "`ready`", STARTUP_TIMEOUT, |l| {
-        if let Some(a) = l.strip_prefix("otlp-grpc listening on ") {
-            grpc = Some(a.trim().to_string());
-        }
-        (l == "ready").then_some(())
-    })?;
-    let Some(grpc) = grpc else {
-        bail!(
-            "collector printed `ready` without `otlp-grpc listening on ADDR`{}",
-            server.log_tail()
-        );
-    };
+    let grpc = wait_ready(&mut server, "collector")?;
     let sampler = RssSampler::start(server.pid());
     let gen = run_gen(bin, opts, &grpc, &mut server);
     let (max_sampled, _) = sampler.stop();
