@@ -126,10 +126,20 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
             doc.source,
             queries
                 .iter()
-                .map(|(t, _)| t.as_str())
+                .map(|(id, _)| id.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    // Strategies files are read before anything starts: a broken one stops the start.
+    let mut sampling = Vec::with_capacity(queries.len());
+    for (id, c) in &queries {
+        let store = match &c.sampling_strategies_file {
+            Some(file) => sextant_query::jaeger::sampling::StrategyStore::open(file)
+                .with_context(|| format!("extensions.{id}.sampling_strategies_file"))?,
+            None => sextant_query::jaeger::sampling::StrategyStore::default(),
+        };
+        sampling.push(Arc::new(store));
     }
 
     let service = Service::start(
@@ -154,8 +164,9 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
             service.registry(),
             env!("CARGO_PKG_VERSION"),
         );
-        for (ty, endpoint) in &queries {
-            if ty == "tempo_query" {
+        for ((id, c), strategies) in queries.iter().zip(sampling) {
+            let endpoint = &c.endpoint;
+            if id.ty == "tempo_query" {
                 let listener = bind("query", endpoint).await?;
                 let stop = stopped(stop_rx.clone());
                 let state = state.clone();
@@ -166,7 +177,7 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
                 }));
             } else {
                 let listener = bind("jaeger", endpoint).await?;
-                let router = sextant_query::jaeger::router(state.clone());
+                let router = sextant_query::jaeger::router_with_sampling(state.clone(), strategies);
                 let stop = stopped(stop_rx.clone());
                 query_tasks.push(tokio::spawn(async move {
                     axum::serve(listener, router)

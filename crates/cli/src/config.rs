@@ -45,6 +45,11 @@ impl Default for StoreExporterConfig {
 #[serde(deny_unknown_fields)]
 pub struct QueryExtensionConfig {
     pub endpoint: String,
+    /// `jaeger_query` only: the Jaeger strategies file (JSON) that remote sampling
+    /// (`/sampling?service=`, `/api/sampling?service=`) serves, re-read when it changes.
+    /// Without it every service gets Jaeger's default, probabilistic 0.001.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_strategies_file: Option<PathBuf>,
 }
 
 fn typed<T: for<'de> Deserialize<'de> + Default>(v: &Value) -> Result<T, String> {
@@ -89,10 +94,20 @@ impl Host for AllInOneHost {
                 }
                 Ok(())
             }
-            ("extension", _) => {
+            ("extension", ty) => {
                 let c: QueryExtensionConfig = typed(value)?;
                 if c.endpoint.is_empty() {
                     return Err("endpoint: missing (e.g. 127.0.0.1:3200)".into());
+                }
+                if let Some(file) = &c.sampling_strategies_file {
+                    if ty != "jaeger_query" {
+                        return Err(format!(
+                            "sampling_strategies_file: not supported by {ty}; remote sampling is served by the jaeger_query extension"
+                        ));
+                    }
+                    if file.as_os_str().is_empty() {
+                        return Err("sampling_strategies_file: empty path".into());
+                    }
                 }
                 Ok(())
             }
@@ -152,14 +167,16 @@ pub fn store_config(doc: &Document) -> anyhow::Result<Option<StoreExporterConfig
     Ok(None)
 }
 
-/// The query extensions the service runs: (type, endpoint).
-pub fn query_extensions(doc: &Document) -> anyhow::Result<Vec<(String, String)>> {
+/// The query extensions the service runs, with their settings.
+pub fn query_extensions(
+    doc: &Document,
+) -> anyhow::Result<Vec<(ComponentId, QueryExtensionConfig)>> {
     let mut out = Vec::new();
     for id in &doc.service_extensions {
         if let Some(otel::ExtensionConfig::Custom(v)) = doc.extensions.get(id) {
             let c: QueryExtensionConfig =
                 typed(v).map_err(|m| anyhow::anyhow!("extensions.{id}: {m}"))?;
-            out.push((id.ty.clone(), c.endpoint));
+            out.push((id.clone(), c));
         }
     }
     Ok(out)
@@ -190,8 +207,13 @@ mod tests {
             PathBuf::from("/tmp/x")
         );
         let ext = query_extensions(&doc).unwrap();
-        assert!(ext.iter().any(|(t, _)| t == "tempo_query"), "{ext:?}");
-        assert!(ext.iter().any(|(t, _)| t == "jaeger_query"), "{ext:?}");
+        assert!(ext.iter().any(|(id, _)| id.ty == "tempo_query"), "{ext:?}");
+        assert!(ext.iter().any(|(id, _)| id.ty == "jaeger_query"), "{ext:?}");
+        assert!(
+            ext.iter()
+                .all(|(_, c)| c.sampling_strategies_file.is_none()),
+            "{ext:?}"
+        );
         let otel::ReceiverConfig::Otlp(r) = &doc.receivers[&ComponentId::parse("otlp").unwrap()];
         assert_eq!(r.protocols.grpc.as_ref().unwrap().endpoint, "127.0.0.1:0");
         match &doc.processors[&ComponentId::parse("memory_limiter").unwrap()] {
@@ -219,5 +241,40 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("c.yaml"), "{e}");
+    }
+
+    fn load_with(replace: (&str, &str)) -> anyhow::Result<Document> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, ALL_IN_ONE_DEFAULT.replace(replace.0, replace.1)).unwrap();
+        load_all_in_one(Some(&file), &[], &AllInOneHost::default())
+    }
+
+    #[test]
+    fn sampling_strategies_file_is_for_jaeger_query_only() {
+        let doc = load_with((
+            "endpoint: 127.0.0.1:16686",
+            "endpoint: 127.0.0.1:16686\n    sampling_strategies_file: /etc/sextant/strategies.json",
+        ))
+        .unwrap();
+        let ext = query_extensions(&doc).unwrap();
+        let (_, jaeger) = ext.iter().find(|(id, _)| id.ty == "jaeger_query").unwrap();
+        assert_eq!(
+            jaeger.sampling_strategies_file.as_deref(),
+            Some(Path::new("/etc/sextant/strategies.json"))
+        );
+
+        let e = load_with((
+            "endpoint: 127.0.0.1:3200",
+            "endpoint: 127.0.0.1:3200\n    sampling_strategies_file: /etc/sextant/strategies.json",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tempo_query")
+                && e.contains("sampling_strategies_file")
+                && e.contains("jaeger_query"),
+            "{e}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! | `GET /api/services`, `GET /api/services/{service}/operations`, `GET /api/operations` | [`v1`] |
 //! | `GET /api/traces`, `GET /api/traces/{traceID}`, `GET /api/dependencies` | [`v1`] |
 //! | `GET /api/v3/services`, `GET /api/v3/operations`, `GET /api/v3/traces`, `GET /api/v3/traces/{trace_id}` | [`v3`] |
+//! | `GET /sampling?service=`, `GET /api/sampling?service=` (remote sampling) | [`sampling`] |
 //!
 //! [`model`] converts OTLP spans to Jaeger's JSON model. The v1 answers are wrapped in
 //! Jaeger's envelope `{"data", "total", "limit", "offset", "errors"}`; errors are
@@ -18,10 +19,12 @@
 //! describe the most recent traces only).
 
 pub mod model;
+pub mod sampling;
 pub mod v1;
 pub mod v3;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -38,11 +41,29 @@ use crate::QueryState;
 /// At most this many traces are read by the scans behind operations and dependencies.
 pub const SCAN_LIMIT: usize = 10_000;
 
-/// The Jaeger query API (v1 JSON and api_v3) over `state`'s store.
+/// The Jaeger query API (v1 JSON and api_v3) over `state`'s store; remote sampling answers
+/// Jaeger's default strategy (probabilistic 0.001) for every service.
 pub fn router(state: QueryState) -> Router {
+    router_with_sampling(state, Arc::new(sampling::StrategyStore::default()))
+}
+
+/// The Jaeger query API, with remote sampling served from `strategies`.
+pub fn router_with_sampling(state: QueryState, strategies: Arc<sampling::StrategyStore>) -> Router {
     let s = &state;
     let t = crate::tracked;
+    let sampling_route = |endpoint: &'static str| {
+        let store = Arc::clone(&strategies);
+        t(
+            s,
+            endpoint,
+            get(move |query: sampling::SamplingQuery| {
+                sampling::sampling(Arc::clone(&store), query)
+            }),
+        )
+    };
     Router::new()
+        .route("/sampling", sampling_route("jaeger_sampling"))
+        .route("/api/sampling", sampling_route("jaeger_api_sampling"))
         .route("/api/services", t(s, "jaeger_services", get(v1::services)))
         .route(
             "/api/services/{service}/operations",
