@@ -64,10 +64,12 @@ pub mod ast;
 mod eval;
 mod lexer;
 pub mod parser;
+pub mod partial;
 
 pub use ast::*;
 pub use eval::{evaluate, SpanSetResult, TraceResult};
 pub use parser::parse;
+pub use partial::autocomplete_filter;
 
 /// A query that is not valid TraceQL (or uses what this engine does not support).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
