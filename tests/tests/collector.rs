@@ -319,7 +319,11 @@ service:
         "otelcol_exporter_sent_spans = {sent}\n{}",
         get(&metrics_url).await.text()
     );
-    let accepted = metric(&metrics_url, "otelcol_receiver_accepted_spans").await;
+    let accepted = metric(
+        &metrics_url,
+        "otelcol_receiver_accepted_spans_total{receiver=\"otlp\",transport=\"http\"}",
+    )
+    .await;
     assert!(
         accepted >= 3.0,
         "otelcol_receiver_accepted_spans = {accepted}"

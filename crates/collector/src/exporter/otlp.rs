@@ -763,6 +763,7 @@ pub(crate) mod tests {
         let config = crate::tls::server_config(tls, &[b"h2"]).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(crate::receiver::grpc::serve_with_tls(
+            "otlp",
             listener,
             sink,
             limiter,

@@ -87,6 +87,8 @@ impl Decoder for RequestDecoder {
 
 /// The export handler.
 struct Export {
+    /// The receiver's id, for its metrics (`otlp`, `otlp/edge`).
+    name: Arc<str>,
     pipeline: Arc<dyn Consumer>,
     limiter: MemoryLimiter,
     metrics: CollectorMetrics,
@@ -102,7 +104,7 @@ impl Export {
         let _admission = match self.limiter.admit(request.bytes.len()) {
             Ok(a) => a,
             Err(e) => {
-                self.metrics.refused("otlp", "grpc", spans);
+                self.metrics.refused(&self.name, "grpc", spans);
                 return Err(e.to_grpc());
             }
         };
@@ -111,12 +113,12 @@ impl Export {
         match self.pipeline.consume(batch).await {
             Ok(outcome) => {
                 let rejected = (outcome.rejected_spans as usize).min(spans);
-                self.metrics.accepted("otlp", "grpc", spans - rejected);
-                self.metrics.refused("otlp", "grpc", rejected);
+                self.metrics.accepted(&self.name, "grpc", spans - rejected);
+                self.metrics.refused(&self.name, "grpc", rejected);
                 Ok(response_for(&outcome))
             }
             Err(e) => {
-                self.metrics.refused("otlp", "grpc", spans);
+                self.metrics.refused(&self.name, "grpc", spans);
                 tracing::debug!(error = %e, spans, "grpc export refused");
                 Err(e.to_grpc())
             }
@@ -215,6 +217,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     serve_with_tls(
+        "otlp",
         listener,
         pipeline,
         limiter,
@@ -230,6 +233,7 @@ pub async fn serve(
 /// handshakes run concurrently, and a client that fails one (no certificate where
 /// `client_ca_file` requires one, a CA it does not trust) is logged and dropped.
 pub async fn serve_with_tls(
+    name: &str,
     listener: tokio::net::TcpListener,
     pipeline: Arc<dyn Consumer>,
     limiter: MemoryLimiter,
@@ -240,6 +244,7 @@ pub async fn serve_with_tls(
 ) -> Result<(), tonic::transport::Error> {
     let service = TraceServer {
         export: Arc::new(Export {
+            name: Arc::from(name),
             pipeline,
             limiter: limiter.clone(),
             metrics,

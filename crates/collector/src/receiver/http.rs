@@ -24,6 +24,8 @@ use crate::{Consumer, TraceBatch};
 
 #[derive(Clone)]
 struct Receiver {
+    /// The receiver's id, for its metrics (`otlp`, `otlp/edge`).
+    name: Arc<str>,
     pipeline: Arc<dyn Consumer>,
     limiter: MemoryLimiter,
     metrics: CollectorMetrics,
@@ -53,11 +55,12 @@ pub fn router(
     metrics: CollectorMetrics,
     max_body: usize,
 ) -> Router {
-    router_at("/v1/traces", pipeline, limiter, metrics, max_body)
+    router_at("otlp", "/v1/traces", pipeline, limiter, metrics, max_body)
 }
 
 /// The router with traces posted to `path` (the receiver's `traces_url_path`).
 pub fn router_at(
+    name: &str,
     path: &str,
     pipeline: Arc<dyn Consumer>,
     limiter: MemoryLimiter,
@@ -72,6 +75,7 @@ pub fn router_at(
     let allowed = format!("method {{}} not allowed on {path}: use POST");
     let missing = format!("not found: OTLP/HTTP traces go to POST {path}");
     let state = Receiver {
+        name: Arc::from(name),
         pipeline,
         limiter,
         metrics,
@@ -278,21 +282,21 @@ async fn handle(
     let _admission = match rx.limiter.admit(bytes.len()) {
         Ok(a) => a,
         Err(e) => {
-            rx.metrics.refused("otlp", "http", spans);
+            rx.metrics.refused(&rx.name, "http", spans);
             return Err(e);
         }
     };
     let outcome = match rx.pipeline.consume(batch).await {
         Ok(o) => o,
         Err(e) => {
-            rx.metrics.refused("otlp", "http", spans);
+            rx.metrics.refused(&rx.name, "http", spans);
             return Err(e);
         }
     };
     rx.metrics
-        .accepted("otlp", "http", spans - outcome.rejected_spans as usize);
+        .accepted(&rx.name, "http", spans - outcome.rejected_spans as usize);
     rx.metrics
-        .refused("otlp", "http", outcome.rejected_spans as usize);
+        .refused(&rx.name, "http", outcome.rejected_spans as usize);
     let response = response_for(&outcome);
     let body = match format {
         Format::Protobuf => response.encode_to_vec(),

@@ -475,13 +475,14 @@ impl Service {
                     note(label("grpc"), a, options.print_addresses);
                 }
                 let (head, limiter, metrics) = (head.clone(), limiter.clone(), metrics.clone());
+                let name = id.to_string();
                 let max = g.max_recv_msg_size_mib * 1024 * 1024;
                 let stop = stopped(receivers_rx.clone());
                 receiver_tasks.push((
                     label("grpc"),
                     tokio::spawn(async move {
                         crate::receiver::grpc::serve_with_tls(
-                            listener, head, limiter, metrics, max, tls, stop,
+                            &name, listener, head, limiter, metrics, max, tls, stop,
                         )
                         .await
                         .map_err(|e| e.to_string())
@@ -502,6 +503,7 @@ impl Service {
                     note(label("http"), a, options.print_addresses);
                 }
                 let router = crate::receiver::http::router_at(
+                    &id.to_string(),
                     &h.traces_url_path,
                     head.clone(),
                     limiter.clone(),
