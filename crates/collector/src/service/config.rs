@@ -667,6 +667,7 @@ pub fn load_str(
         source: source.to_string(),
         host,
         errors: Vec::new(),
+        broken: Default::default(),
     }
     .check(root)
 }
@@ -715,6 +716,9 @@ struct Checker<'a> {
     source: String,
     host: &'a dyn Host,
     errors: Vec<ConfigError>,
+    /// Components that are defined but whose settings are wrong (already reported): a
+    /// pipeline naming one is not told again that it is undefined.
+    broken: std::collections::BTreeSet<ComponentId>,
 }
 
 /// Splits "key: message" as produced by `typed` into the path and the message.
@@ -798,6 +802,7 @@ impl Checker<'_> {
                 "otlp" => typed::<OtlpReceiverConfig>(&v).map(ReceiverConfig::Otlp),
                 other => {
                     self.unknown_type(&path, "receiver", other, RECEIVER_TYPES);
+                    self.broken.insert(id.clone());
                     continue;
                 }
             };
@@ -813,7 +818,10 @@ impl Checker<'_> {
                 Ok(c) => {
                     doc.receivers.insert(id, c);
                 }
-                Err(m) => self.component_error(&path, &m),
+                Err(m) => {
+                    self.component_error(&path, &m);
+                    self.broken.insert(id);
+                }
             }
         }
 
@@ -834,6 +842,7 @@ impl Checker<'_> {
                 "tail_sampling" => typed(&v).map(|c| ProcessorConfig::TailSampling(Box::new(c))),
                 other => {
                     self.unknown_type(&path, "processor", other, PROCESSOR_TYPES);
+                    self.broken.insert(id.clone());
                     continue;
                 }
             };
@@ -841,7 +850,10 @@ impl Checker<'_> {
                 Ok(c) => {
                     doc.processors.insert(id, c);
                 }
-                Err(m) => self.component_error(&path, &m),
+                Err(m) => {
+                    self.component_error(&path, &m);
+                    self.broken.insert(id);
+                }
             }
         }
 
@@ -862,6 +874,7 @@ impl Checker<'_> {
                     let mut known = EXPORTER_TYPES.to_vec();
                     known.extend_from_slice(custom_exporters);
                     self.unknown_type(&path, "exporter", other, &known);
+                    self.broken.insert(id.clone());
                     continue;
                 }
             };
@@ -869,7 +882,10 @@ impl Checker<'_> {
                 Ok(c) => {
                     doc.exporters.insert(id, c);
                 }
-                Err(m) => self.component_error(&path, &m),
+                Err(m) => {
+                    self.component_error(&path, &m);
+                    self.broken.insert(id);
+                }
             }
         }
 
@@ -879,6 +895,7 @@ impl Checker<'_> {
                 "servicegraph" => typed(&v).map(|c| ConnectorConfig::ServiceGraph(Box::new(c))),
                 other => {
                     self.unknown_type(&path, "connector", other, CONNECTOR_TYPES);
+                    self.broken.insert(id.clone());
                     continue;
                 }
             };
@@ -886,7 +903,10 @@ impl Checker<'_> {
                 Ok(c) => {
                     doc.connectors.insert(id, c);
                 }
-                Err(m) => self.component_error(&path, &m),
+                Err(m) => {
+                    self.component_error(&path, &m);
+                    self.broken.insert(id);
+                }
             }
         }
 
@@ -903,6 +923,7 @@ impl Checker<'_> {
                     let mut known = EXTENSION_TYPES.to_vec();
                     known.extend_from_slice(custom_extensions);
                     self.unknown_type(&path, "extension", other, &known);
+                    self.broken.insert(id.clone());
                     continue;
                 }
             };
@@ -910,7 +931,10 @@ impl Checker<'_> {
                 Ok(c) => {
                     doc.extensions.insert(id, c);
                 }
-                Err(m) => self.component_error(&path, &m),
+                Err(m) => {
+                    self.component_error(&path, &m);
+                    self.broken.insert(id);
+                }
             }
         }
 
@@ -1047,7 +1071,9 @@ impl Checker<'_> {
                                 doc.exporters.contains_key(&id) || doc.connectors.contains_key(&id)
                             }
                         };
-                        if !defined {
+                        if !defined && self.broken.contains(&id) {
+                            // Its own error was reported where it is defined.
+                        } else if !defined {
                             let section = match key {
                                 "receivers" => "receivers (or connectors)",
                                 "processors" => "processors",
@@ -1319,6 +1345,10 @@ service:
         assert!(
             e.contains("bad.yaml: processors.batch/big.timeout") && e.contains("ten"),
             "{e}"
+        );
+        assert!(
+            !e.contains("not defined"),
+            "a component with bad settings is not also undefined: {e}"
         );
         let e = errors(&DOC.replace("  batch:\n", "  batchy:\n"));
         assert!(
