@@ -563,3 +563,71 @@ async fn bad_ids_and_unreachable_servers_fail_clearly() {
         out.describe()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_range_prints_one_block_per_series() {
+    let server = Server::start(&[]);
+    send_trace(&server).await;
+    send_trace(&server).await;
+    let url = server.query_url();
+
+    let out = sextant(
+        args(&[
+            "query-range",
+            "--url",
+            &url,
+            "--since",
+            "10m",
+            "--step",
+            "1m",
+            "{ } | count_over_time() by (resource.service.name)",
+        ]),
+        vec![],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "sextant query-range failed:\n{}",
+        out.describe()
+    );
+    // Blocks: a labels line, then `  time  value` rows; the values of a block sum to the
+    // service's spans (two traces: frontend 3 + 3, checkout 1 + 1, inventory 1 + 1).
+    let mut sums = std::collections::BTreeMap::new();
+    for block in out.stdout.split("\n\n") {
+        let mut lines = block.lines();
+        let Some(labels) = lines.next() else { continue };
+        let total: f64 = lines
+            .map(|l| {
+                let value = l
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("row without a value: {l:?} in\n{}", out.stdout));
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|e| panic!("{l:?}: {e}"))
+            })
+            .sum();
+        sums.insert(labels.to_string(), total);
+    }
+    let want: std::collections::BTreeMap<String, f64> = [
+        (r#"{resource.service.name="checkout"}"#.to_string(), 2.0),
+        (r#"{resource.service.name="frontend"}"#.to_string(), 6.0),
+        (r#"{resource.service.name="inventory"}"#.to_string(), 2.0),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(sums, want, "{}", out.stdout);
+
+    // A bad query: non-zero exit, the server's reason shown.
+    let out = sextant(args(&["query-range", "--url", &url, "{ } | rate("]), vec![]).await;
+    assert!(
+        !out.status.success(),
+        "a bad query succeeded:\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("invalid q") && out.stderr.contains("400"),
+        "{}",
+        out.describe()
+    );
+}

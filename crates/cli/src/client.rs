@@ -48,6 +48,21 @@ pub struct SearchArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct QueryRangeArgs {
+    /// A TraceQL metrics query, e.g. '{ status = error } | rate() by (resource.service.name)'
+    query: String,
+    /// Query API base URL
+    #[arg(long, env = "SEXTANT_URL", default_value = "http://127.0.0.1:3200")]
+    url: String,
+    /// How far back to look (a duration: 15m, 1h, 7d)
+    #[arg(long, default_value = "1h")]
+    since: String,
+    /// The step between points (a duration: 15s, 1m; or seconds); default: the server's
+    #[arg(long)]
+    step: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct ServicesArgs {
     /// Query API base URL
     #[arg(long, env = "SEXTANT_URL", default_value = "http://127.0.0.1:3200")]
@@ -322,6 +337,77 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn query_range(args: QueryRangeArgs) -> anyhow::Result<()> {
+    let url = format!("{}/api/metrics/query_range", args.url.trim_end_matches('/'));
+    let mut query = vec![("q", args.query.clone()), ("since", args.since.clone())];
+    if let Some(step) = &args.step {
+        query.push(("step", step.clone()));
+    }
+    let doc = get_json(&url, &query).await?;
+    print!("{}", render_series(&doc));
+    Ok(())
+}
+
+/// Renders a `query_range` answer: per series its labels, then `time  value` rows.
+pub fn render_series(doc: &serde_json::Value) -> String {
+    let series = doc
+        .get("series")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if series.is_empty() {
+        return "no series in this window\n".to_string();
+    }
+    let mut out = String::new();
+    for (i, s) in series.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let labels = match s.get("promLabels").and_then(|p| p.as_str()) {
+            Some(p) => p.to_string(),
+            None => {
+                let pairs: Vec<String> = s
+                    .get("labels")
+                    .and_then(|l| l.as_array())
+                    .map(|ls| {
+                        ls.iter()
+                            .map(|l| {
+                                let key = l.get("key").and_then(|k| k.as_str()).unwrap_or("?");
+                                let value = l
+                                    .get("value")
+                                    .and_then(|v| v.as_object())
+                                    .and_then(|o| o.values().next())
+                                    .map(|v| v.as_str().map_or(v.to_string(), str::to_string))
+                                    .unwrap_or_default();
+                                format!("{key}={value:?}")
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!("{{{}}}", pairs.join(", "))
+            }
+        };
+        out.push_str(&labels);
+        out.push('\n');
+        let samples = s
+            .get("samples")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for p in &samples {
+            let ms = match p.get("timestampMs") {
+                Some(serde_json::Value::String(t)) => t.parse::<u64>().unwrap_or(0),
+                Some(v) => v.as_u64().unwrap_or(0),
+                None => 0,
+            };
+            let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms));
+            let value = p.get("value").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            out.push_str(&format!("  {time}  {value}\n"));
+        }
+    }
+    out
+}
+
 /// Renders rows as aligned columns; the first row is the header.
 pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
@@ -499,6 +585,27 @@ pub fn render_deps(edges: &[serde_json::Value]) -> String {
 #[cfg(test)]
 mod deps_tests {
     use super::*;
+
+    #[test]
+    fn series_render_as_blocks() {
+        let doc = serde_json::json!({"series": [
+            {"labels": [{"key": "resource.service.name", "value": {"stringValue": "api"}}],
+             "promLabels": "{resource.service.name=\"api\"}",
+             "samples": [{"timestampMs": "1700000040000", "value": 0.5},
+                         {"timestampMs": "1700000100000", "value": 0}]},
+            {"labels": [{"key": "p", "value": {"doubleValue": 0.9}}],
+             "samples": [{"timestampMs": "1700000040000", "value": 1.25}]}
+        ]});
+        assert_eq!(
+            render_series(&doc),
+            "{resource.service.name=\"api\"}\n  2023-11-14T22:14:00Z  0.5\n  \
+             2023-11-14T22:15:00Z  0\n\n{p=\"0.9\"}\n  2023-11-14T22:14:00Z  1.25\n"
+        );
+        assert_eq!(
+            render_series(&serde_json::json!({"series": []})),
+            "no series in this window\n"
+        );
+    }
 
     #[test]
     fn deps_render_as_a_tree_per_caller() {

@@ -40,6 +40,8 @@ enum Command {
     Trace(client::TraceArgs),
     /// Search traces and print a table.
     Search(client::SearchArgs),
+    /// Run a TraceQL metrics query and print each series' points.
+    QueryRange(client::QueryRangeArgs),
     /// List the services that sent spans.
     Services(client::ServicesArgs),
     /// Print the service graph (who calls whom, how often) from the Jaeger API.
@@ -93,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Config(args) => collector::config(args),
             Command::Trace(args) => client::trace(args).await,
             Command::Search(args) => client::search(args).await,
+            Command::QueryRange(args) => client::query_range(args).await,
             Command::Services(args) => client::services(args).await,
             Command::Deps(args) => client::deps(args).await,
             Command::Gen(args) => gen::run(args).await,

@@ -8,6 +8,7 @@
 //! | `GET /metrics` | [`metrics`] |
 //! | `GET /api/traces/{id}`, `GET /api/v2/traces/{id}` | [`tempo::traces`] |
 //! | `GET /api/search` | [`tempo::search`] |
+//! | `GET /api/metrics/query_range`, `GET /api/metrics/query` (TraceQL metrics) | [`tempo::metrics_api`] |
 //! | `GET /api/search/tags`, `GET /api/v2/search/tags`, `GET /api/search/tag/{tag}/values`, `GET /api/v2/search/tag/{tag}/values` | [`tempo::tags`] |
 //!
 //! Errors are answered as `text/plain` bodies naming what is wrong ([`QueryError`]). Store
@@ -144,6 +145,18 @@ pub fn router(state: QueryState) -> Router {
             tracked(s, "trace_by_id_v2", get(traces::trace_v2)),
         )
         .route("/api/search", tracked(s, "search", get(search::search)))
+        .route(
+            "/api/metrics/query_range",
+            tracked(
+                s,
+                "metrics_query_range",
+                get(tempo::metrics_api::query_range),
+            ),
+        )
+        .route(
+            "/api/metrics/query",
+            tracked(s, "metrics_query", get(tempo::metrics_api::query_instant)),
+        )
         .route(
             "/api/search/tags",
             tracked(s, "search_tags", get(tags::tag_names_v1)),

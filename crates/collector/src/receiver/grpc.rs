@@ -232,6 +232,7 @@ pub async fn serve(
 /// [`serve`], over TLS when `tls` is given (see [`crate::tls::server_config`], ALPN `h2`):
 /// handshakes run concurrently, and a client that fails one (no certificate where
 /// `client_ca_file` requires one, a CA it does not trust) is logged and dropped.
+#[allow(clippy::too_many_arguments)] // the receiver's parts, each passed once by `service`
 pub async fn serve_with_tls(
     name: &str,
     listener: tokio::net::TcpListener,

@@ -4,6 +4,7 @@
 //! * [`search`]: `/api/search` (TraceQL `q`, or tags, durations and time range).
 //! * [`tags`]: tag names and values, v1 and v2.
 
+pub mod metrics_api;
 pub mod search;
 pub mod tags;
 pub mod traces;

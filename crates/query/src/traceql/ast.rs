@@ -503,3 +503,70 @@ pub enum AggregateFn {
     /// `sum(field)`
     Sum,
 }
+
+/// A TraceQL metrics query: a spanset query, then a metrics function with its `by(...)`,
+/// e.g. `{ status = error } | rate() by (resource.service.name)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsQuery {
+    /// The spans measured (every span of every spanset the query produces).
+    pub spans: Query,
+    /// What is computed per step.
+    pub func: MetricsFn,
+    /// The fields whose values split the result into series (at most [`MAX_METRICS_BY`]).
+    pub by: Vec<Field>,
+}
+
+/// At most this many fields in a metrics function's `by(...)` (as Tempo).
+pub const MAX_METRICS_BY: usize = 5;
+
+/// A TraceQL metrics function.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsFn {
+    /// `rate()`: matching spans per second of each step.
+    Rate,
+    /// `count_over_time()`: matching spans per step.
+    CountOverTime,
+    /// `min_over_time(field)`: the smallest value per step (durations in seconds).
+    MinOverTime(Field),
+    /// `max_over_time(field)`: the largest value per step (durations in seconds).
+    MaxOverTime(Field),
+    /// `sum_over_time(field)`: the sum of the values per step (durations in seconds).
+    SumOverTime(Field),
+    /// `avg_over_time(field)`: the mean of the values per step (durations in seconds).
+    AvgOverTime(Field),
+    /// `quantile_over_time(field, q, ...)`: one series per quantile (label `p`), from log2
+    /// buckets.
+    QuantileOverTime(Field, Vec<f64>),
+    /// `histogram_over_time(field)`: one series per log2 bucket (label `__bucket`), each the
+    /// count of spans in that bucket per step.
+    HistogramOverTime(Field),
+}
+
+impl MetricsFn {
+    /// The function's TraceQL name (also the `__name__` of an ungrouped series).
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetricsFn::Rate => "rate",
+            MetricsFn::CountOverTime => "count_over_time",
+            MetricsFn::MinOverTime(_) => "min_over_time",
+            MetricsFn::MaxOverTime(_) => "max_over_time",
+            MetricsFn::SumOverTime(_) => "sum_over_time",
+            MetricsFn::AvgOverTime(_) => "avg_over_time",
+            MetricsFn::QuantileOverTime(..) => "quantile_over_time",
+            MetricsFn::HistogramOverTime(_) => "histogram_over_time",
+        }
+    }
+
+    /// The field the function reads a value from (`None` for `rate` and `count_over_time`).
+    pub fn field(&self) -> Option<&Field> {
+        match self {
+            MetricsFn::Rate | MetricsFn::CountOverTime => None,
+            MetricsFn::MinOverTime(f)
+            | MetricsFn::MaxOverTime(f)
+            | MetricsFn::SumOverTime(f)
+            | MetricsFn::AvgOverTime(f)
+            | MetricsFn::QuantileOverTime(f, _)
+            | MetricsFn::HistogramOverTime(f) => Some(f),
+        }
+    }
+}

@@ -51,8 +51,12 @@
 //!   spanset filter `{ cond }` (keeps the spans of each spanset for which it holds). A
 //!   parenthesised pipeline is an operand: `({ } | count() > 2) && { .a = 1 }`.
 //!
-//! Refused with a clear error (never ignored): TraceQL metrics functions (`rate`,
-//! `count_over_time`, `quantile_over_time`, `histogram_over_time`, ...), `coalesce()`,
+//! TraceQL metrics (`rate`, `count_over_time`, `min/max/sum/avg_over_time`,
+//! `quantile_over_time`, `histogram_over_time`, with `by(...)`) parse with
+//! [`parser::parse_metrics`] and run in [`metrics`] (for `/api/metrics/query_range` and
+//! `/api/metrics/query`); in a search they are refused.
+//!
+//! Refused with a clear error (never ignored): `coalesce()`,
 //! `compare()`, `topk`/`bottomk`, unary `!`, arithmetic, field-to-field comparisons, bare
 //! boolean fields (`{ .flag }`), array literals and operators, `with(...)` hints, and
 //! intrinsics not listed above (e.g. `event:foo` is "unknown intrinsic"). Queries nest at most
@@ -63,6 +67,7 @@
 pub mod ast;
 mod eval;
 mod lexer;
+pub mod metrics;
 pub mod parser;
 pub mod partial;
 

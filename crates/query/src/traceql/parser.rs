@@ -13,6 +13,11 @@
 //! stage      := "{" filter? "}" | count "(" ")" cmpop number
 //!             | (avg|min|max|sum) "(" field ")" cmpop literal
 //!             | by "(" fields ")" | select "(" fields ")"
+//!
+//! metrics    := pipeline "|" mfunc ( "by" "(" fields ")" )? EOF       (parse_metrics only)
+//! mfunc      := (rate|count_over_time) "(" ")"
+//!             | (min|max|sum|avg|histogram)_over_time "(" field ")"
+//!             | quantile_over_time "(" field ( "," number )+ ")"
 //! ```
 
 use super::ast::*;
@@ -26,6 +31,10 @@ struct Parser {
     depth: usize,
     /// Binary operators so far (`&&`, `||`, spanset operators, pipes).
     operators: usize,
+    /// Whether a metrics function may end the top-level pipeline ([`parse_metrics`]).
+    allow_metrics: bool,
+    /// The metrics function that ended the pipeline, with its `by(...)`.
+    metrics: Option<(MetricsFn, Vec<Field>)>,
 }
 
 /// At most this many nested parentheses and braces (deeper queries are refused, never
@@ -128,6 +137,17 @@ impl Parser {
         while self.peek().tok == Tok::Pipe {
             self.count_operator()?;
             self.bump();
+            if self.allow_metrics && self.depth == 0 && self.metrics.is_none() {
+                if self.peek().tok == Tok::Eof {
+                    return Err(self.expected(EXPECTED_METRICS_FUNCTION));
+                }
+                if let Tok::Ident(word) = &self.peek().tok {
+                    if is_metrics_function(word) {
+                        self.metrics = Some(self.metrics_stage()?);
+                        break;
+                    }
+                }
+            }
             stages.push(self.stage()?);
         }
         Ok(if stages.is_empty() {
@@ -392,8 +412,15 @@ impl Parser {
             w if UNSUPPORTED_FUNCTIONS.contains(&w) => {
                 return Err(ParseError {
                     column: token.column,
-                    message: if w == "rate" || w.ends_with("_over_time") {
-                        format!("{w}() is not supported: TraceQL metrics are not implemented")
+                    message: if is_metrics_function(w) && self.allow_metrics {
+                        format!(
+                            "{w}() must be the last stage of a metrics query, outside parentheses"
+                        )
+                    } else if is_metrics_function(w) {
+                        format!(
+                            "{w}() is not supported in a search: it is a TraceQL metrics \
+                             function (use /api/metrics/query_range or /api/metrics/query)"
+                        )
                     } else {
                         format!("{w}() is not supported")
                     },
@@ -462,6 +489,134 @@ impl Parser {
             value,
         })
     }
+
+    /// A metrics function (the word under the cursor) and its optional `by(...)`.
+    fn metrics_stage(&mut self) -> Result<(MetricsFn, Vec<Field>), ParseError> {
+        let token = self.bump();
+        let word = match &token.tok {
+            Tok::Ident(w) => w.clone(),
+            _ => return Err(self.expected("a metrics function")),
+        };
+        self.expect(Tok::LParen, "\"(\"")?;
+        let func = match word.as_str() {
+            "rate" => MetricsFn::Rate,
+            "count_over_time" => MetricsFn::CountOverTime,
+            "min_over_time" => MetricsFn::MinOverTime(self.metrics_field(&word)?),
+            "max_over_time" => MetricsFn::MaxOverTime(self.metrics_field(&word)?),
+            "sum_over_time" => MetricsFn::SumOverTime(self.metrics_field(&word)?),
+            "avg_over_time" => MetricsFn::AvgOverTime(self.metrics_field(&word)?),
+            "histogram_over_time" => MetricsFn::HistogramOverTime(self.metrics_field(&word)?),
+            "quantile_over_time" => {
+                let field = self.metrics_field(&word)?;
+                self.expect(Tok::Comma, "\",\" and a quantile (like 0.9)")?;
+                let mut quantiles = vec![self.quantile()?];
+                while self.peek().tok == Tok::Comma {
+                    self.bump();
+                    quantiles.push(self.quantile()?);
+                }
+                MetricsFn::QuantileOverTime(field, quantiles)
+            }
+            _ => {
+                return Err(ParseError {
+                    column: token.column,
+                    message: format!("{word}() is not supported"),
+                })
+            }
+        };
+        let closing = if matches!(func, MetricsFn::QuantileOverTime(..)) {
+            "\",\" or \")\""
+        } else {
+            "\")\""
+        };
+        self.expect(Tok::RParen, closing)?;
+        let mut by = Vec::new();
+        if matches!(&self.peek().tok, Tok::Ident(w) if w == "by") {
+            self.bump();
+            self.expect(Tok::LParen, "\"(\"")?;
+            let column = self.peek().column;
+            by.push(self.field()?);
+            while self.peek().tok == Tok::Comma {
+                self.bump();
+                by.push(self.field()?);
+            }
+            self.expect(Tok::RParen, "\",\" or \")\"")?;
+            if by.len() > MAX_METRICS_BY {
+                return Err(ParseError {
+                    column,
+                    message: format!(
+                        "by() of a metrics function takes at most {MAX_METRICS_BY} fields, found {}",
+                        by.len()
+                    ),
+                });
+            }
+        }
+        Ok((func, by))
+    }
+
+    /// The numeric field a metrics function reads.
+    fn metrics_field(&mut self, word: &str) -> Result<Field, ParseError> {
+        let column = self.peek().column;
+        let field = self.field()?;
+        if let Field::Intrinsic(i) = &field {
+            if !i.is_duration() && !i.is_number() {
+                return Err(ParseError {
+                    column,
+                    message: format!("{word}() needs a numeric field, {} is not one", i.as_str()),
+                });
+            }
+        }
+        Ok(field)
+    }
+
+    /// A quantile between 0 and 1: `0.9`, `1`, or `.9` (which the lexer reads as `.9`, an
+    /// unscoped attribute name of digits).
+    fn quantile(&mut self) -> Result<f64, ParseError> {
+        let token = self.peek().clone();
+        let q = match &token.tok {
+            Tok::Int(i) => Some(*i as f64),
+            Tok::Float(f) => Some(*f),
+            Tok::Attr(Scope::Unscoped, digits)
+                if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) =>
+            {
+                format!("0.{digits}").parse::<f64>().ok()
+            }
+            _ => None,
+        };
+        let Some(q) = q else {
+            return Err(self.expected("a quantile between 0 and 1 (like 0.9)"));
+        };
+        if !(0.0..=1.0).contains(&q) {
+            return Err(ParseError {
+                column: token.column,
+                message: format!(
+                    "a quantile must be between 0 and 1, found {}",
+                    token.describe()
+                ),
+            });
+        }
+        self.bump();
+        Ok(q)
+    }
+}
+
+/// TraceQL's metrics functions (the ones [`parse_metrics`] evaluates and the others Tempo has).
+const METRICS_FUNCTIONS: &[&str] = &[
+    "rate",
+    "count_over_time",
+    "min_over_time",
+    "max_over_time",
+    "avg_over_time",
+    "sum_over_time",
+    "quantile_over_time",
+    "histogram_over_time",
+];
+
+const EXPECTED_METRICS_FUNCTION: &str = "a metrics function (rate(), count_over_time(), \
+     min_over_time(), max_over_time(), sum_over_time(), avg_over_time(), quantile_over_time(), \
+     histogram_over_time())";
+
+fn is_metrics_function(word: &str) -> bool {
+    METRICS_FUNCTIONS.contains(&word)
 }
 
 fn binary(op: SpansetOp, lhs: SpansetExpr, rhs: SpansetExpr) -> SpansetExpr {
@@ -576,8 +731,46 @@ pub fn parse(src: &str) -> Result<Query, ParseError> {
         pos: 0,
         depth: 0,
         operators: 0,
+        allow_metrics: false,
+        metrics: None,
     }
     .query()
+}
+
+/// Parses a TraceQL metrics query: a spanset query, `|`, a metrics function and an optional
+/// `by(...)`, e.g. `{ status = error } | rate() by (resource.service.name)`.
+///
+/// # Errors
+///
+/// A [`ParseError`] as [`parse`] gives, and one saying a metrics function is expected when the
+/// query has none.
+pub fn parse_metrics(src: &str) -> Result<MetricsQuery, ParseError> {
+    let tokens = tokenize(src)?;
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        depth: 0,
+        operators: 0,
+        allow_metrics: true,
+        metrics: None,
+    };
+    let root = p.pipeline()?;
+    let Some((func, by)) = p.metrics.take() else {
+        let what = if p.previous().is_some_and(|t| t.tok == Tok::Pipe) {
+            EXPECTED_METRICS_FUNCTION
+        } else {
+            "\"|\" and a metrics function such as rate() (this is a search, not a metrics query)"
+        };
+        return Err(p.expected(what));
+    };
+    if p.peek().tok != Tok::Eof {
+        return Err(p.expected("\"by\" or the end of the query after the metrics function"));
+    }
+    Ok(MetricsQuery {
+        spans: Query { root },
+        func,
+        by,
+    })
 }
 
 #[cfg(test)]
@@ -807,7 +1000,7 @@ mod tests {
         assert_eq!(err("{ .a + 1 = 2 }"), "column 6: unexpected character '+'");
         assert_eq!(
             err("{ } | quantile_over_time(duration, .9)"),
-            "column 7: quantile_over_time() is not supported: TraceQL metrics are not implemented"
+            "column 7: quantile_over_time() is not supported in a search: it is a TraceQL metrics function (use /api/metrics/query_range or /api/metrics/query)"
         );
         assert_eq!(
             err("{ } with (most_recent=true)"),
@@ -899,7 +1092,7 @@ mod tests {
         );
         assert_eq!(
             err("{ } | rate()"),
-            "column 7: rate() is not supported: TraceQL metrics are not implemented"
+            "column 7: rate() is not supported in a search: it is a TraceQL metrics function (use /api/metrics/query_range or /api/metrics/query)"
         );
         assert_eq!(
             err("{ } | count() > 1s"),
@@ -941,5 +1134,70 @@ mod tests {
             err("{ ! .a = 1 }"),
             r#"column 3: expected an attribute (.name, span.name, resource.name, ...) or an intrinsic after "{", found "!""#
         );
+    }
+
+    #[test]
+    fn metrics_queries() {
+        let m =
+            parse_metrics("{ status = error } | rate() by (resource.service.name, name)").unwrap();
+        assert_eq!(m.func, MetricsFn::Rate);
+        assert_eq!(
+            m.by,
+            vec![
+                attr(Scope::Resource, "service.name"),
+                Field::Intrinsic(Intrinsic::Name)
+            ]
+        );
+        assert_eq!(m.spans, parse("{ status = error }").unwrap());
+        let m =
+            parse_metrics("{ } | count() > 1 | quantile_over_time(duration, .9, 0.5, 1)").unwrap();
+        assert_eq!(
+            m.func,
+            MetricsFn::QuantileOverTime(Field::Intrinsic(Intrinsic::Duration), vec![0.9, 0.5, 1.0])
+        );
+        assert!(matches!(m.spans.root, SpansetExpr::Pipeline { .. }));
+        assert_eq!(
+            parse_metrics("{ } | histogram_over_time(span.size)")
+                .unwrap()
+                .func,
+            MetricsFn::HistogramOverTime(attr(Scope::Span, "size"))
+        );
+        for f in [
+            "min_over_time",
+            "max_over_time",
+            "sum_over_time",
+            "avg_over_time",
+        ] {
+            assert!(
+                parse_metrics(&format!("{{ }} | {f}(duration)")).is_ok(),
+                "{f}"
+            );
+        }
+        let merr = |src: &str| parse_metrics(src).unwrap_err().to_string();
+        assert!(merr("{ }").starts_with(r#"column 4: expected "|" and a metrics function"#));
+        assert!(merr("{ } | count() > 1").contains("a metrics function such as rate()"));
+        assert!(merr("{ } |").contains("expected a metrics function (rate(), "));
+        assert_eq!(
+            merr("{ } | rate() | count() > 1"),
+            r#"column 14: expected "by" or the end of the query after the metrics function after ")", found "|""#
+        );
+        assert_eq!(
+            merr("{ } | min_over_time(name)"),
+            "column 21: min_over_time() needs a numeric field, name is not one"
+        );
+        assert_eq!(
+            merr("{ } | quantile_over_time(duration, 1.5)"),
+            r#"column 36: a quantile must be between 0 and 1, found "1.5""#
+        );
+        assert_eq!(
+            merr("{ } | quantile_over_time(duration)"),
+            r#"column 34: expected "," and a quantile (like 0.9) after "duration", found ")""#
+        );
+        assert_eq!(
+            merr("({ } | rate())"),
+            "column 8: rate() must be the last stage of a metrics query, outside parentheses"
+        );
+        assert!(merr("{ } | rate() by (.a, .b, .c, .d, .e, .f)").contains("at most 5 fields"));
+        assert_eq!(merr("{ } | topk(3)"), "column 7: topk() is not supported");
     }
 }
