@@ -163,7 +163,9 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
             Arc::new(store.clone()),
             service.registry(),
             env!("CARGO_PKG_VERSION"),
-        );
+        )
+        // The service graph (and span metrics) of prometheus exporters without an endpoint.
+        .with_registries(service.hosted_registries());
         for ((id, c), strategies) in queries.iter().zip(sampling) {
             let endpoint = &c.endpoint;
             if id.ty == "tempo_query" {

@@ -130,6 +130,22 @@ impl HostBuild for AllInOneHost {
             writer: writer.clone(),
         }))
     }
+
+    /// A `prometheus` exporter without an `endpoint` key is served on the query API's
+    /// `/metrics` (extensions.tempo_query); one with an endpoint listens there, as in
+    /// `sextant collector`.
+    fn serves_prometheus(&self, doc: &Document, id: &ComponentId) -> bool {
+        let exporter = doc
+            .raw
+            .as_dict()
+            .and_then(|d| d.get("exporters"))
+            .and_then(Value::as_dict)
+            .and_then(|d| d.get(&id.to_string()));
+        match exporter {
+            Some(v) => v.as_dict().is_none_or(|d| !d.contains_key("endpoint")),
+            None => false,
+        }
+    }
 }
 
 /// Loads the all-in-one's config (the default one without `file`), then the flags.

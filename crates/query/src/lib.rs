@@ -66,6 +66,9 @@ pub struct QueryState {
     pub registry: Arc<Registry>,
     /// The version reported by `/api/status/buildinfo`.
     pub version: String,
+    /// More registries exposed on `/metrics` after `registry` (the all-in-one: its
+    /// connectors' service graph and span metrics).
+    pub extra_registries: Vec<Arc<Registry>>,
     /// This service's own registry (request metrics, store figures).
     metrics: Arc<QueryMetrics>,
 }
@@ -94,8 +97,15 @@ impl QueryState {
             reader,
             registry,
             version: version.into(),
+            extra_registries: Vec::new(),
             metrics,
         }
+    }
+
+    /// Also exposes `registries` on `/metrics`, after the shared one.
+    pub fn with_registries(mut self, registries: Vec<Arc<Registry>>) -> Self {
+        self.extra_registries.extend(registries);
+        self
     }
 }
 

@@ -1,7 +1,9 @@
 //! `GET /metrics` and the query service's own metrics.
 //!
 //! The answer is the OpenMetrics text exposition (which Prometheus scrapes) of, in order: the
-//! process-wide registry shared by the other services, then the registry this crate owns, which
+//! process-wide registry shared by the other services, the extra registries given with
+//! [`crate::QueryState::with_registries`] (the all-in-one's connectors), then the registry this
+//! crate owns, which
 //! holds per-endpoint request counters and latency histograms and a collector that reads the
 //! store's figures ([`TraceReader::stats`]) at every scrape.
 
@@ -176,11 +178,15 @@ pub(crate) async fn track(
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(state): State<QueryState>) -> Result<Response, QueryError> {
     let shared = Arc::clone(&state.registry);
+    let extra = state.extra_registries.clone();
     let own = Arc::clone(&state.metrics);
     // The store collector may touch the disk (size on disk): keep it off the async threads.
     let text = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
         encode_registry(&mut text, &shared)?;
+        for registry in &extra {
+            encode_registry(&mut text, registry)?;
+        }
         encode_registry(&mut text, &own.registry)?;
         encode_eof(&mut text)?;
         Ok::<_, fmt::Error>(text)

@@ -17,7 +17,12 @@
 //! `server_<dim>`); a series not updated for `cache_loop` is removed. The store's own
 //! counters: `otelcol_connector_servicegraph_total_edges`, `..._expired_edges`,
 //! `..._dropped_spans`.
+//!
+//! The connector never decodes protobuf: encoded parts of a batch are read where they lie, by
+//! replaying the receiver's scan (`wire::Recorded`) or scanning the bytes again
+//! ([`ServiceGraph::record_batch`]); only decoded parts (OTLP/JSON) are read as structs.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
@@ -31,7 +36,8 @@ use prometheus_client::registry::{Registry, Unit};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sextant_otlp_proto::attr;
-use sextant_otlp_proto::proto::{span::SpanKind, KeyValue, ResourceSpans, Span};
+use sextant_otlp_proto::proto::{span::SpanKind, KeyValue, ResourceSpans};
+use sextant_otlp_proto::wire::{self, KeyValueRef, SpanRef, ValueRef, Visitor, WireError};
 
 use super::spanmetrics::{duration_nanos, escape, lookup, sanitize, Buckets, Labels};
 use crate::error::PipelineError;
@@ -389,6 +395,10 @@ impl Inner {
     fn record(&self, resource_spans: &[ResourceSpans], now: Instant) {
         let mut state = self.state.lock();
         self.maintain(&mut state, now, false);
+        self.record_decoded(&mut state, resource_spans, now);
+    }
+
+    fn record_decoded(&self, state: &mut State, resource_spans: &[ResourceSpans], now: Instant) {
         for rs in resource_spans {
             let resource_attrs: &[KeyValue] = rs
                 .resource
@@ -401,18 +411,34 @@ impl Inner {
             };
             for ss in &rs.scope_spans {
                 for span in &ss.spans {
-                    self.record_span(&mut state, service, resource_attrs, span, now);
+                    let facts = SpanFacts {
+                        trace_id: &span.trace_id,
+                        span_id: &span.span_id,
+                        parent_span_id: &span.parent_span_id,
+                        kind: span.kind,
+                        failed: span.status.as_ref().is_some_and(|s| s.code == 2),
+                        nanos: duration_nanos(span),
+                        attrs: span.attributes.as_slice(),
+                    };
+                    self.record_span(state, service, resource_attrs, &facts, now);
                 }
             }
         }
     }
 
-    fn record_span(
+    /// Whether pairing looks at span attributes at all (else a scan may skip them).
+    fn wants_attributes(&self) -> bool {
+        !self.dims.is_empty()
+            || !self.peer_attributes.is_empty()
+            || !self.database_attributes.is_empty()
+    }
+
+    fn record_span<'s, A: Attrs<'s>>(
         &self,
         state: &mut State,
         service: &str,
-        resource_attrs: &[KeyValue],
-        span: &Span,
+        resource_attrs: A,
+        span: &SpanFacts<'s, A>,
         now: Instant,
     ) {
         let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
@@ -424,14 +450,14 @@ impl Inner {
             _ => return,
         };
         let k = if client_side {
-            key(&span.trace_id, &span.span_id)
+            key(span.trace_id, span.span_id)
         } else {
-            key(&span.trace_id, &span.parent_span_id)
+            key(span.trace_id, span.parent_span_id)
         };
-        let failed = span.status.as_ref().is_some_and(|s| s.code == 2);
-        let seconds = duration_nanos(span) as f64 / 1e9;
+        let failed = span.failed;
+        let seconds = span.nanos as f64 / 1e9;
         // As the reference: resource attributes first, then the span's.
-        let sources = [resource_attrs, span.attributes.as_slice()];
+        let find = |a: &str| resource_attrs.text(a).or_else(|| span.attrs.text(a));
         let update = |e: &mut Edge| {
             e.connection_type = connection_type;
             e.failed |= failed;
@@ -439,23 +465,15 @@ impl Inner {
                 e.client = Some(service.to_string());
                 e.client_latency = seconds;
                 for (a, label, _) in &self.dims {
-                    if let Some(v) = lookup(a, &sources) {
+                    if let Some(v) = find(a) {
                         set_dim(&mut e.dims, label, v.into_owned());
                     }
                 }
-                if let Some(peer) = self
-                    .peer_attributes
-                    .iter()
-                    .find_map(|a| lookup(a, &[span.attributes.as_slice()]))
-                {
+                if let Some(peer) = self.peer_attributes.iter().find_map(|a| span.attrs.text(a)) {
                     e.peer = Some(peer.into_owned());
                 }
                 // A database request has one span only: do not wait for a server span.
-                if let Some(db) = self
-                    .database_attributes
-                    .iter()
-                    .find_map(|a| lookup(a, &sources))
-                {
+                if let Some(db) = self.database_attributes.iter().find_map(|a| find(a)) {
                     e.connection_type = DATABASE;
                     e.server = Some(db.into_owned());
                     e.server_latency = seconds;
@@ -465,7 +483,7 @@ impl Inner {
                 e.server_latency = seconds;
                 e.parentless = span.parent_span_id.iter().all(|b| *b == 0);
                 for (a, _, label) in &self.dims {
-                    if let Some(v) = lookup(a, &sources) {
+                    if let Some(v) = find(a) {
                         set_dim(&mut e.dims, label, v.into_owned());
                     }
                 }
@@ -621,9 +639,148 @@ impl Inner {
     }
 }
 
+/// What pairing needs of one span, decoded or borrowed from the wire.
+struct SpanFacts<'s, A> {
+    trace_id: &'s [u8],
+    span_id: &'s [u8],
+    parent_span_id: &'s [u8],
+    kind: i32,
+    /// Status code ERROR.
+    failed: bool,
+    nanos: u64,
+    attrs: A,
+}
+
+/// The text of an attribute, from decoded attributes or from the wire.
+trait Attrs<'s>: Copy {
+    fn text(self, key: &str) -> Option<Cow<'s, str>>;
+}
+
+impl<'s> Attrs<'s> for &'s [KeyValue] {
+    fn text(self, key: &str) -> Option<Cow<'s, str>> {
+        lookup(key, &[self])
+    }
+}
+
+impl<'s, 'a: 's> Attrs<'s> for &'s [KeyValueRef<'a>] {
+    fn text(self, key: &str) -> Option<Cow<'s, str>> {
+        let kv = self.iter().find(|kv| kv.key == key)?;
+        // Rendered as `attr::render` renders the decoded value. The scan does not look into
+        // arrays and maps: such a value counts as absent here.
+        Some(match kv.value {
+            ValueRef::Str(s) => Cow::Borrowed(s),
+            ValueRef::Bool(b) => Cow::Owned(b.to_string()),
+            ValueRef::Int(i) => Cow::Owned(i.to_string()),
+            ValueRef::Double(d) => Cow::Owned(d.to_string()),
+            ValueRef::Bytes(b) => Cow::Owned(b.iter().map(|x| format!("{x:02x}")).collect()),
+            ValueRef::Composite | ValueRef::Empty => return None,
+        })
+    }
+}
+
+/// Feeds spans shown by a wire scan (or its replay) to the pairing store.
+struct WireSpans<'a, 'g> {
+    inner: &'g Inner,
+    state: &'g mut State,
+    now: Instant,
+    wants_attributes: bool,
+    service: Option<&'a str>,
+    resource: Vec<KeyValueRef<'a>>,
+}
+
+impl<'a> Visitor<'a> for WireSpans<'a, '_> {
+    fn wants_attributes(&self) -> bool {
+        self.wants_attributes
+    }
+
+    fn resource(&mut self, attributes: &[KeyValueRef<'a>]) {
+        self.resource.clear();
+        self.resource.extend_from_slice(attributes);
+        // As the reference: spans of a resource without (string) service.name are skipped.
+        self.service = attributes
+            .iter()
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match kv.value {
+                ValueRef::Str(s) => Some(s),
+                _ => None,
+            });
+    }
+
+    fn span(&mut self, span: &SpanRef<'a>) {
+        let Some(service) = self.service else {
+            return;
+        };
+        let facts = SpanFacts {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            kind: span.kind,
+            failed: span.status_code == 2,
+            nanos: span
+                .end_time_unix_nano
+                .saturating_sub(span.start_time_unix_nano),
+            attrs: span.attributes.as_slice(),
+        };
+        self.inner.record_span(
+            self.state,
+            service,
+            self.resource.as_slice(),
+            &facts,
+            self.now,
+        );
+    }
+}
+
+impl ServiceGraph {
+    /// Pairs up the spans of `batch` without decoding it: each encoded part is shown by
+    /// replaying what the receiver's scan recorded (else by a scan of its bytes, which
+    /// `SpanBatch::encoded` guarantees valid); decoded parts go through [`Self::record`]'s path.
+    pub fn record_batch(&self, batch: &TraceBatch) -> Result<(), WireError> {
+        self.record_batch_at(batch, Instant::now())
+    }
+
+    fn record_batch_at(&self, batch: &TraceBatch, now: Instant) -> Result<(), WireError> {
+        let inner = &*self.inner;
+        let mut state = inner.state.lock();
+        inner.maintain(&mut state, now, false);
+        let wants_attributes = inner.wants_attributes();
+        for (i, bytes) in batch.encoded.iter().enumerate() {
+            let mut visitor = WireSpans {
+                inner,
+                state: &mut state,
+                now,
+                wants_attributes,
+                service: None,
+                resource: Vec::new(),
+            };
+            if let Some(recorded) = batch.recorded(i) {
+                match recorded.replay(bytes, &mut visitor) {
+                    Ok(_) => continue,
+                    Err(error) => {
+                        // Replay refuses other bytes than were scanned before showing any
+                        // span; a range error later would be a recorder bug (logged).
+                        tracing::warn!(connector = %inner.name, part = i, %error, "servicegraph: recording not replayable, scanning the bytes");
+                    }
+                }
+            }
+            wire::scan_validated(bytes, &mut visitor)?;
+        }
+        inner.record_decoded(&mut state, &batch.decoded, now);
+        Ok(())
+    }
+}
+
 impl Consumer for ServiceGraph {
     fn consume(&self, batch: TraceBatch) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
-        super::consume_with(batch, |spans| self.record(spans))
+        // Never decodes protobuf: the spans are read where they lie.
+        let result = self
+            .record_batch(&batch)
+            .map(|()| ExportOutcome::default())
+            .map_err(|e| {
+                tracing::warn!(connector = %self.inner.name, error = %e, "servicegraph: batch not readable");
+                PipelineError::InvalidArgument(format!("connector {}: {e}", self.inner.name))
+            });
+        Box::pin(async move { result })
     }
 }
 
@@ -707,6 +864,111 @@ mod tests {
             t.contains("otelcol_connector_servicegraph_total_edges_total 3"),
             "{t}"
         );
+    }
+
+    /// The exposition's lines in order (series of a family come in hash order).
+    fn sorted(t: &str) -> Vec<&str> {
+        let mut lines: Vec<&str> = t.lines().collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    fn scanned(spans: Vec<ResourceSpans>) -> TraceBatch {
+        use prost::Message;
+        let bytes = sextant_otlp_proto::proto::ExportTraceServiceRequest {
+            resource_spans: spans,
+        }
+        .encode_to_vec();
+        let mut rec = wire::Recorder::new(&bytes);
+        wire::scan_request(&bytes, &mut rec).unwrap();
+        let rec = rec.finish();
+        TraceBatch::from_scanned(bytes.into(), rec)
+    }
+
+    fn encoded(spans: Vec<ResourceSpans>) -> TraceBatch {
+        use prost::Message;
+        let bytes = sextant_otlp_proto::proto::ExportTraceServiceRequest {
+            resource_spans: spans,
+        }
+        .encode_to_vec();
+        let n = wire::scan_request(&bytes, &mut wire::CountSpans).unwrap();
+        TraceBatch::from_encoded(bytes.into(), n)
+    }
+
+    #[tokio::test]
+    async fn wire_paths_give_the_same_exposition_as_decoding() {
+        const CONFIG: &str =
+            r#"{"dimensions": ["http.method", "k8s.namespace.name"], "store": {"ttl": "1m"}}"#;
+        let (decoded, decoded_reg) = graph(CONFIG);
+        decoded.record(&[frontend(), backend()]);
+        let want = text(&decoded_reg);
+        assert!(want.contains(r#"traces_service_graph_request_total{client="frontend",server="backend",connection_type="",failed="false",client_k8s_namespace_name="shop",server_k8s_namespace_name="shop"} 1"#), "{want}");
+        assert!(
+            want.contains(r#"client="backend",server="orders",connection_type="database""#),
+            "{want}"
+        );
+        // Replaying the receiver's recording, and scanning bytes that have none.
+        for batch in [
+            scanned(vec![frontend(), backend()]),
+            encoded(vec![frontend(), backend()]),
+        ] {
+            assert!(batch.decoded.is_empty());
+            let (g, registry) = graph(CONFIG);
+            let g: Arc<dyn Consumer> = Arc::new(g);
+            g.consume(batch).await.unwrap();
+            assert_eq!(sorted(&text(&registry)), sorted(&want));
+        }
+        // Attribute values that are not strings render as decoding renders them.
+        let typed = || {
+            resource(
+                "frontend",
+                vec![span(
+                    30,
+                    Some(1),
+                    "call",
+                    SpanKind::Client,
+                    2,
+                    vec![
+                        attr::kv_int("http.method", -7),
+                        attr::kv_str("db.name", "users"),
+                    ],
+                )],
+            )
+        };
+        let (d, d_reg) = graph(CONFIG);
+        d.record(&[typed()]);
+        let (w, w_reg) = graph(CONFIG);
+        w.record_batch(&scanned(vec![typed()])).unwrap();
+        let t = text(&w_reg);
+        assert!(t.contains(r#"client_http_method="-7""#), "{t}");
+        assert_eq!(sorted(&t), sorted(&text(&d_reg)));
+    }
+
+    #[test]
+    fn a_batch_mixing_encoded_and_decoded_parts() {
+        let (g, registry) = graph("{}");
+        // The frontend's spans as bytes (one part recorded, one not), the backend's decoded.
+        let mut fe = frontend();
+        let second = fe.scope_spans[0].spans.split_off(1);
+        let mut fe2 = fe.clone();
+        fe2.scope_spans[0].spans = second;
+        let mut batch = scanned(vec![fe]);
+        batch.append(encoded(vec![fe2]));
+        batch.append(TraceBatch::from_decoded(vec![backend()]));
+        assert_eq!((batch.encoded.len(), batch.decoded.len()), (2, 1));
+        g.record_batch(&batch).unwrap();
+        let t = text(&registry);
+        assert_three_service_graph(&t);
+        assert!(
+            t.contains("otelcol_connector_servicegraph_total_edges_total 3"),
+            "{t}"
+        );
+        // A recording replayed over other bytes falls back to scanning them.
+        let (g, registry) = graph("{}");
+        let mut batch = scanned(vec![frontend(), backend()]);
+        batch.recorded = scanned(vec![backend()]).recorded;
+        g.record_batch(&batch).unwrap();
+        assert_three_service_graph(&text(&registry));
     }
 
     #[test]

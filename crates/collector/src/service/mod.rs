@@ -48,6 +48,14 @@ pub trait HostBuild: Host + Send + Sync {
             id.ty
         ))
     }
+
+    /// Whether the host serves `prometheus` exporter `id` itself (the all-in-one: on the query
+    /// API's `/metrics`) rather than the service binding its endpoint; the registries it
+    /// serves come from [`Service::hosted_registries`].
+    fn serves_prometheus(&self, doc: &Document, id: &ComponentId) -> bool {
+        let _ = (doc, id);
+        false
+    }
 }
 
 impl HostBuild for NoHost {}
@@ -142,6 +150,7 @@ pub struct Service {
     heads: Vec<Arc<dyn Consumer>>,
     state: Arc<telemetry::State>,
     registry: Arc<Registry>,
+    hosted_registries: Vec<Arc<Registry>>,
     /// Where each server listens, e.g. `("otlp-grpc", 127.0.0.1:4317)`.
     pub addresses: Vec<(String, SocketAddr)>,
 }
@@ -569,6 +578,7 @@ impl Service {
                 ExtensionConfig::FileStorage(_) | ExtensionConfig::Custom(_) => {}
             }
         }
+        let mut hosted_registries: Vec<Arc<Registry>> = Vec::new();
         for (id, e) in &doc.exporters {
             let ExporterConfig::Prometheus(c) = e else {
                 continue;
@@ -581,6 +591,15 @@ impl Service {
                 .filter_map(|r| connectors.get(r).map(|(_, reg)| reg.clone()))
                 .collect();
             if regs.is_empty() {
+                continue;
+            }
+            if host.serves_prometheus(doc, id) {
+                tracing::info!(exporter = %id, registries = regs.len(), "prometheus exporter served by the host");
+                for r in regs {
+                    if !hosted_registries.iter().any(|h| Arc::ptr_eq(h, &r)) {
+                        hosted_registries.push(r);
+                    }
+                }
                 continue;
             }
             let listener = bind(&format!("exporter {id}"), &c.endpoint).await?;
@@ -612,8 +631,15 @@ impl Service {
             heads: heads.into_values().collect(),
             state,
             registry,
+            hosted_registries,
             addresses,
         })
+    }
+
+    /// The registries of the connectors feeding the `prometheus` exporters the host serves
+    /// itself ([`HostBuild::serves_prometheus`]), each once.
+    pub fn hosted_registries(&self) -> Vec<Arc<Registry>> {
+        self.hosted_registries.clone()
     }
 
     /// The registry holding the collector's own metrics (to serve elsewhere too).
