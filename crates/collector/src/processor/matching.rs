@@ -396,13 +396,7 @@ pub fn upsert(attrs: &mut Vec<KeyValue>, key: &str, value: AnyValue) {
 
 /// Lower-case hex of bytes.
 pub fn to_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
+    hex::encode(bytes)
 }
 
 /// SHA-256 of `data` (the attributes processor's `hash`).

@@ -88,7 +88,8 @@ pub(crate) fn spawn_server(
     })
 }
 
-fn encode(registries: &[Arc<Registry>]) -> Response {
+/// The registries in one exposition (one `# EOF`), with `extra` text before its end.
+fn encode(registries: &[Arc<Registry>], extra: &str) -> Response {
     let mut body = String::new();
     for r in registries {
         let mut one = String::new();
@@ -101,6 +102,7 @@ fn encode(registries: &[Arc<Registry>]) -> Response {
         }
         body.push_str(one.strip_suffix("# EOF\n").unwrap_or(&one));
     }
+    body.push_str(extra);
     body.push_str("# EOF\n");
     (
         [(
@@ -119,20 +121,8 @@ pub(crate) fn metrics_router(registry: Arc<Registry>, state: Arc<State>) -> Rout
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move {
-                    let mut resp = encode(&[registry]);
-                    // Process figures, named as the reference's process metrics.
-                    if let Some(extra) = process_metrics() {
-                        let body = std::mem::take(resp.body_mut());
-                        let bytes = axum::body::to_bytes(body, usize::MAX)
-                            .await
-                            .unwrap_or_default();
-                        let text = String::from_utf8_lossy(&bytes);
-                        let head = text.strip_suffix("# EOF\n").unwrap_or(&text);
-                        *resp.body_mut() = axum::body::Body::from(format!("{head}{extra}# EOF\n"));
-                    }
-                    resp
-                }
+                // Process figures, named as the reference's process metrics.
+                async move { encode(&[registry], &process_metrics().unwrap_or_default()) }
             }),
         )
         .with_state(());
@@ -282,7 +272,7 @@ pub(crate) fn prometheus_router(registries: Vec<Arc<Registry>>) -> Router {
         "/metrics",
         get(move || {
             let r = registries.clone();
-            async move { encode(&r) }
+            async move { encode(&r, "") }
         }),
     )
 }
