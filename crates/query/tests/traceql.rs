@@ -344,34 +344,60 @@ fn trace3() -> Vec<ResourceSpans> {
 
 /// The router over a store holding the three traces. The store closes before its directory
 /// goes (fields drop in order).
+///
+/// A second router serves the same traces cut into blocks: every spanset query is answered by
+/// both and the answers must agree (a block page skipped wrongly by a pushed-down term fails).
 struct App {
     router: Router,
-    _dir: tempfile::TempDir,
+    blocks: Router,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+async fn store_with_traces(dir: &std::path::Path, cut: bool) -> Arc<SledStore> {
+    let mut config = StoreConfig::new(dir.join("db"));
+    config.blocks.retention = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    config.blocks.maintenance_interval = std::time::Duration::from_secs(3600);
+    let store = Arc::new(SledStore::open(config).expect("open"));
+    // Written apart and in order, so trace 3 is the newest batch.
+    for (trace, spans) in [(trace1(), 6), (trace2(), 3), (trace3(), 2)] {
+        let receipt = store
+            .write(SpanBatch::from_decoded(trace))
+            .await
+            .expect("write");
+        assert_eq!(receipt.accepted_spans, spans);
+        if cut {
+            // A block per trace.
+            store.flush_blocks().expect("cut");
+        }
+    }
+    if cut {
+        assert_eq!(store.blocks().len(), 3);
+    }
+    store
 }
 
 impl App {
     async fn new() -> App {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store =
-            Arc::new(SledStore::open(StoreConfig::new(dir.path().join("db"))).expect("open"));
-        // Written apart and in order, so trace 3 is the newest batch.
-        for (trace, spans) in [(trace1(), 6), (trace2(), 3), (trace3(), 2)] {
-            let receipt = store
-                .write(SpanBatch::from_decoded(trace))
-                .await
-                .expect("write");
-            assert_eq!(receipt.accepted_spans, spans);
-        }
-        let state = QueryState::new(store, Arc::new(Registry::default()), "test");
+        let dirs = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let log = store_with_traces(dirs[0].path(), false).await;
+        let blocks = store_with_traces(dirs[1].path(), true).await;
+        let state = |s: Arc<SledStore>| QueryState::new(s, Arc::new(Registry::default()), "test");
         App {
-            router: router(state),
-            _dir: dir,
+            router: router(state(log)),
+            blocks: router(state(blocks)),
+            _dirs: dirs,
         }
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, String) {
-        let response = self
-            .router
+        Self::get_from(&self.router, uri).await
+    }
+
+    async fn get_from(router: &Router, uri: &str) -> (StatusCode, String) {
+        let response = router
             .clone()
             .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
             .await
@@ -396,7 +422,24 @@ impl App {
 
     /// The spansets found, by trace: `{"1": [["11", "12"]], ...}` (spans and sets sorted).
     async fn found(&self, query: &str) -> BTreeMap<String, Vec<Vec<String>>> {
-        let v = self.search(query, "&spss=100").await;
+        let in_log = self.found_in(query, false).await;
+        let in_blocks = self.found_in(query, true).await;
+        assert_eq!(
+            in_log, in_blocks,
+            "{query}: the log and the blocks disagree"
+        );
+        in_log
+    }
+
+    async fn found_in(&self, query: &str, blocks: bool) -> BTreeMap<String, Vec<Vec<String>>> {
+        let v = if blocks {
+            let uri = format!("/api/search?q={}&spss=100", encode(query));
+            let (status, body) = Self::get_from(&self.blocks, &uri).await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"))
+        } else {
+            self.search(query, "&spss=100").await
+        };
         let mut out = BTreeMap::new();
         for t in v["traces"].as_array().expect("traces") {
             let id = t["traceID"].as_str().expect("traceID");

@@ -13,6 +13,10 @@ pub enum StoreError {
     InvalidQuery(String),
     #[error("invalid span data: {0}")]
     InvalidData(String),
+    #[error("block storage error: {0}")]
+    Backend(String),
+    #[error("object {0} does not exist")]
+    NotFound(String),
 }
 
 impl StoreError {
@@ -20,7 +24,7 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            StoreError::InvalidQuery(_) | StoreError::InvalidData(_)
+            StoreError::InvalidQuery(_) | StoreError::InvalidData(_) | StoreError::NotFound(_)
         )
     }
 }

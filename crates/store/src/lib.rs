@@ -9,12 +9,18 @@
 //! every write that arrived meanwhile), per-trace entries keyed by trace id, a start-time index
 //! and tag dictionaries. See `ARCHITECTURE.md` for the layout on disk.
 
+mod block;
+mod blocks;
+mod blockstore;
 mod encode;
 mod error;
 mod query;
 mod sled_store;
 mod types;
 
+pub use block::{Term, MAX_TERM_VALUE};
+pub use blocks::{BlockBackend, BlockInfo, BlockStats, BlocksConfig, CompactionReport};
+pub use blockstore::{BlockStore, LocalBlockStore, ObjectInfo, S3BlockStore, S3Config};
 pub use error::StoreError;
 pub use query::{Condition, Matcher};
 pub use sled_store::{dir_size, SledStore, StoreConfig, MAX_VALUES_PER_TAG};
@@ -67,6 +73,19 @@ pub trait TraceReader: Send + Sync {
         prefilter: &SpanFilter<'_>,
         visit: &mut TraceVisit<'_>,
     ) -> Result<ScanStats, StoreError>;
+
+    /// [`Self::scan`], told what every matching span carries (`terms`): a store may skip the
+    /// data where no span carries them all. `prefilter` must imply the terms.
+    fn scan_terms(
+        &self,
+        window: TimeWindow,
+        terms: &[Term],
+        prefilter: &SpanFilter<'_>,
+        visit: &mut TraceVisit<'_>,
+    ) -> Result<ScanStats, StoreError> {
+        let _ = terms;
+        self.scan(window, prefilter, visit)
+    }
 
     /// Traces with at least one span matching every condition, newest first.
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError>;

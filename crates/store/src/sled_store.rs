@@ -25,11 +25,19 @@ use sextant_otlp_proto::proto::{Resource, ResourceSpans, Span};
 use sextant_otlp_proto::{SpanBatch, SpanId, TraceId};
 use tokio::sync::oneshot;
 
+use crate::block::Term;
+use crate::block::{self, now_ns, BlockBuilder};
+use crate::blocks::{
+    self as blockset, BlockBackend, BlockInfo, BlockSet, BlockStats, BlocksConfig, CompactionReport,
+};
+use crate::blockstore::{BlockStore, LocalBlockStore, S3BlockStore};
 use crate::encode;
 use crate::error::StoreError;
+use crate::query::Matcher;
 use crate::types::*;
 use crate::{BoxFuture, ScanStats, SpanFilter, SpanWriter, TraceReader, TraceVisit};
 use prost::Message as _;
+use sextant_otlp_proto::proto::TracesData;
 
 /// Each attribute key records at most this many distinct values for autocomplete.
 pub const MAX_VALUES_PER_TAG: usize = 1000;
@@ -51,6 +59,8 @@ pub struct StoreConfig {
     pub cache_capacity: u64,
     /// zstd level for batches (negative levels are zstd fast modes).
     pub compression_level: i32,
+    /// Blocks: where they live, when they are cut, compacted and expired.
+    pub blocks: BlocksConfig,
 }
 
 impl StoreConfig {
@@ -59,6 +69,7 @@ impl StoreConfig {
             path: path.into(),
             cache_capacity: 64 * 1024 * 1024,
             compression_level: -1,
+            blocks: BlocksConfig::default(),
         }
     }
 }
@@ -81,6 +92,11 @@ struct Inner {
     spans_written: AtomicU64,
     writes: Arc<AtomicU64>,
     flushes: Arc<AtomicU64>,
+    blocks: BlockSet,
+    /// Spans in the write-ahead log (not cut into blocks yet).
+    wal_spans: Arc<AtomicU64>,
+    /// The background thread cutting, compacting and expiring blocks, and how to stop it.
+    maintenance: Mutex<Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>>,
 }
 
 struct Job {
@@ -88,6 +104,7 @@ struct Job {
     batch: Vec<u8>,
     traces: Vec<(TraceId, Vec<u8>)>,
     tags: Vec<Vec<u8>>,
+    spans: u64,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -248,18 +265,34 @@ impl SledStore {
                 }
             }
         }
+        let backend: Arc<dyn BlockStore> = match &config.blocks.backend {
+            BlockBackend::Local => Arc::new(LocalBlockStore::open(config.path.join("blocks"))?),
+            BlockBackend::S3(s3) => Arc::new(S3BlockStore::open(s3)?),
+        };
+        let block_set = BlockSet::open(backend, config.blocks.clone())?;
+        let wal_spans = Arc::new(AtomicU64::new(finish_interrupted_cut(
+            &batches,
+            &traces,
+            block_set.cut_through(),
+        )?));
         let (tx, rx) = mpsc::channel::<Job>();
         let writes = Arc::new(AtomicU64::new(0));
         let flushes = Arc::new(AtomicU64::new(0));
         let writer = {
             let trees = (db.clone(), batches.clone(), traces.clone(), tags_tree);
-            let (writes, flushes) = (writes.clone(), flushes.clone());
+            let (writes, flushes, wal) = (writes.clone(), flushes.clone(), wal_spans.clone());
             thread::Builder::new()
                 .name("sextant-store-writer".into())
-                .spawn(move || writer_loop(rx, trees, &writes, &flushes))?
+                .spawn(move || writer_loop(rx, trees, &writes, &flushes, &wal))?
         };
-        tracing::info!(path = %config.path.display(), "store opened");
-        Ok(Self {
+        tracing::info!(
+            path = %config.path.display(),
+            blocks = block_set.snapshot().len(),
+            backend = %block_set.backend.describe(),
+            wal_spans = wal_spans.load(Ordering::Relaxed),
+            "store opened"
+        );
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 batches,
@@ -271,13 +304,216 @@ impl SledStore {
                 spans_written: AtomicU64::new(0),
                 writes,
                 flushes,
+                blocks: block_set,
+                wal_spans,
+                maintenance: Mutex::new(None),
             }),
-        })
+        };
+        store.start_maintenance()?;
+        Ok(store)
+    }
+
+    /// Starts the background thread that cuts blocks, compacts them and enforces retention.
+    fn start_maintenance(&self) -> Result<(), StoreError> {
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.blocks.config.maintenance_interval;
+        let handle = thread::Builder::new()
+            .name("sextant-store-blocks".into())
+            .spawn(move || loop {
+                match stop_rx.recv_timeout(interval) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let store = SledStore { inner };
+                if let Err(e) = store.maintain() {
+                    tracing::error!(error = %e, "block maintenance failed; retrying later");
+                }
+            })?;
+        *self.inner.maintenance.lock() = Some((stop_tx, handle));
+        Ok(())
+    }
+
+    /// One round of background work: cut what is due, expire, compact.
+    fn maintain(&self) -> Result<(), StoreError> {
+        while self.cut(false)? {}
+        self.inner.blocks.enforce_retention(now_ns())?;
+        if self.inner.blocks.config.compaction {
+            self.inner.blocks.compact(false)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts everything in the write-ahead log into blocks now.
+    pub fn flush_blocks(&self) -> Result<(), StoreError> {
+        while self.cut(true)? {}
+        Ok(())
+    }
+
+    /// Merges blocks now: with `force`, any two blocks of a level (up to the size limit);
+    /// otherwise only as the background compactor would.
+    pub fn compact(&self, force: bool) -> Result<CompactionReport, StoreError> {
+        self.inner.blocks.compact(force)
+    }
+
+    /// Deletes the blocks that are past the retention at `now_ns`; returns how many.
+    pub fn enforce_retention(&self, now_ns: u64) -> Result<usize, StoreError> {
+        self.inner.blocks.enforce_retention(now_ns)
+    }
+
+    /// The blocks served, newest first.
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        self.inner.blocks.infos()
+    }
+
+    /// Figures of the blocks.
+    pub fn block_stats(&self) -> BlockStats {
+        self.inner.blocks.stats()
+    }
+
+    /// Spans in the write-ahead log, not cut into blocks yet.
+    pub fn wal_spans(&self) -> u64 {
+        self.inner.wal_spans.load(Ordering::Relaxed)
+    }
+
+    /// Where blocks are kept.
+    pub fn block_backend(&self) -> String {
+        self.inner.blocks.backend.describe()
+    }
+
+    /// Reads every block whole and checks it; blocks that fail are quarantined. Calls
+    /// `progress` after each block with its id and the outcome.
+    pub fn verify(
+        &self,
+        progress: &mut dyn FnMut(&BlockInfo, &Result<(), StoreError>),
+    ) -> Result<usize, StoreError> {
+        let mut bad = 0;
+        for b in self.inner.blocks.snapshot() {
+            let info = self
+                .inner
+                .blocks
+                .infos()
+                .into_iter()
+                .find(|i| i.id == b.meta.id);
+            let r = self
+                .inner
+                .blocks
+                .checked(&b, || b.verify(self.inner.blocks.backend.as_ref()));
+            if r.is_err() {
+                bad += 1;
+            }
+            if let Some(info) = info {
+                progress(&info, &r);
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Cuts the oldest writes of the write-ahead log into one block, when due (or `force`).
+    /// Returns whether a block was cut.
+    fn cut(&self, force: bool) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let config = &inner.blocks.config;
+        let _guard = inner.blocks.maintenance.lock();
+        let now = now_ns();
+        let Some((k, v)) = inner.batches.first()? else {
+            return Ok(false);
+        };
+        let (oldest, _) = encode::decode_meta(&k, &v)?;
+        let due = force
+            || now.saturating_sub(oldest.arrival_ns) >= config.max_block_duration.as_nanos() as u64
+            || inner.wal_spans.load(Ordering::Relaxed) >= config.max_block_spans;
+        if !due {
+            return Ok(false);
+        }
+        let idle_before = now.saturating_sub(config.max_trace_idle.as_nanos() as u64);
+        let started = std::time::Instant::now();
+        let mut parts: FxHashMap<TraceId, Vec<Vec<u8>>> = FxHashMap::default();
+        let mut cut: Vec<([u8; 8], Vec<TraceId>)> = Vec::new();
+        let (mut spans, mut newest, mut last_seq) = (0u64, 0u64, 0u64);
+        for item in inner.batches.iter() {
+            let (k, v) = item?;
+            let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
+                continue;
+            };
+            let (meta, payload) = encode::decode_meta(&k, &v)?;
+            if (!force && meta.arrival_ns > idle_before)
+                || (spans >= config.max_block_spans && !cut.is_empty())
+            {
+                break;
+            }
+            let raw = zstd::stream::decode_all(payload).map_err(|e| StoreError::Corrupt {
+                key: hex_key(&seq),
+                problem: format!("bad compression: {e}"),
+            })?;
+            let split = block::split::split_by_trace(&raw).map_err(|e| StoreError::Corrupt {
+                key: hex_key(&seq),
+                problem: format!("bad protobuf: {e}"),
+            })?;
+            let mut ids = Vec::with_capacity(split.len());
+            for (id, data) in split {
+                parts.entry(id).or_default().push(data);
+                ids.push(id);
+            }
+            spans += meta.span_count as u64;
+            newest = newest.max(meta.arrival_ns);
+            last_seq = u64::from_be_bytes(seq);
+            cut.push((seq, ids));
+        }
+        if cut.is_empty() {
+            return Ok(false);
+        }
+        let mut ids: Vec<TraceId> = parts.keys().copied().collect();
+        ids.sort_unstable();
+        let id = blockset::new_block_id(0);
+        let mut builder =
+            BlockBuilder::new(id.clone(), 0, config.page_bytes, config.compression_level);
+        for tid in ids {
+            let p = parts.remove(&tid).unwrap_or_default();
+            let (entry, _) = blockset::merge_entry(tid, p)?;
+            builder.add(entry)?;
+        }
+        let (bytes, meta) = builder.finish(last_seq, Vec::new(), newest)?;
+        let size = bytes.len();
+        // Served from the block before it leaves the log: a reader finds the spans in one or
+        // both (reads merge and dedupe), never in neither.
+        inner.blocks.add(bytes, &meta)?;
+        let mut batch_removals = sled::Batch::default();
+        let mut trace_removals = sled::Batch::default();
+        for (seq, ids) in &cut {
+            batch_removals.remove(seq.as_slice());
+            for tid in ids {
+                trace_removals.remove(trace_key(tid, seq).as_slice());
+            }
+        }
+        inner.traces.apply_batch(trace_removals)?;
+        inner.batches.apply_batch(batch_removals)?;
+        let _ = inner
+            .wal_spans
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_sub(spans))
+            });
+        inner.blocks.counters.cuts.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            block = %id,
+            writes = cut.len(),
+            spans = meta.span_count,
+            traces = meta.trace_count,
+            bytes = size,
+            took_ms = started.elapsed().as_millis() as u64,
+            "block cut"
+        );
+        Ok(true)
     }
 
     /// Stops accepting writes, lets the writer finish and flushes. Later writes fail with
     /// [`StoreError::Closed`].
     pub fn close(&self) -> Result<(), StoreError> {
+        if let Some((stop, handle)) = self.inner.maintenance.lock().take() {
+            drop(stop);
+            let _ = handle.join();
+        }
         self.inner.jobs.lock().take();
         if let Some(handle) = self.inner.writer.lock().take() {
             let _ = handle.join();
@@ -338,6 +574,7 @@ impl SledStore {
                 },
                 traces,
                 tags: new_tags,
+                spans: accepted,
                 done,
             })
             .map_err(|_| StoreError::Closed)?;
@@ -363,41 +600,44 @@ impl SledStore {
     }
 
     /// A whole batch, decoded, through the cache.
+    /// `None` when the batch has left the log since its index entry was read: it was cut into
+    /// a block, which readers look at after the log.
     fn batch(
         &self,
         seq: [u8; 8],
         cache: &mut BatchCache,
-    ) -> Result<Arc<Vec<ResourceSpans>>, StoreError> {
+    ) -> Result<Option<Arc<Vec<ResourceSpans>>>, StoreError> {
         if let Some(b) = cache.get(&seq) {
-            return Ok(b.clone());
+            return Ok(Some(b.clone()));
         }
-        let value = self
-            .inner
-            .batches
-            .get(seq)?
-            .ok_or_else(|| StoreError::Corrupt {
-                key: seq.iter().map(|b| format!("{b:02x}")).collect(),
-                problem: "the trace index points at a batch that is not stored".into(),
-            })?;
+        let Some(value) = self.inner.batches.get(seq)? else {
+            return Ok(None);
+        };
         cache.bytes_read += value.len() as u64;
         let (_, payload) = encode::decode_meta(&seq, &value)?;
         let decoded = Arc::new(encode::decode_payload(&seq, payload)?);
         cache.put(seq, decoded.clone());
-        Ok(decoded)
+        Ok(Some(decoded))
     }
 
-    /// Every span of a trace, from every batch it is in.
+    /// Every span of a trace: from every batch of the log it is in, then from the blocks
+    /// (but `skip`, whose part is in `have`), merged.
     fn read_trace(
         &self,
         id: &TraceId,
         parts: &[([u8; 8], encode::TraceMeta)],
         cache: &mut BatchCache,
+        skip: Option<&str>,
+        have: Option<Vec<ResourceSpans>>,
     ) -> Result<Vec<ResourceSpans>, StoreError> {
-        let mut pieces = Vec::with_capacity(parts.len());
+        let mut pieces = Vec::with_capacity(parts.len() + 1);
         for (seq, _) in parts {
-            let batch = self.batch(*seq, cache)?;
-            pieces.push(encode::extract_trace(&batch, id));
+            if let Some(batch) = self.batch(*seq, cache)? {
+                pieces.push(encode::extract_trace(&batch, id));
+            }
         }
+        pieces.extend(have);
+        pieces.extend(self.inner.blocks.trace_parts_except(id, skip)?);
         Ok(encode::merge(pieces))
     }
 }
@@ -431,7 +671,63 @@ impl BatchCache {
 
 type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree);
 
-fn writer_loop(rx: mpsc::Receiver<Job>, trees: Trees, writes: &AtomicU64, flushes: &AtomicU64) {
+fn hex_key(k: &[u8]) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The trace index key of a trace's part in batch `seq`.
+fn trace_key(id: &TraceId, seq: &[u8; 8]) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(id.as_bytes());
+    key[16..].copy_from_slice(seq);
+    key
+}
+
+/// Removes from the write-ahead log what blocks hold already (a crash between a cut's block
+/// and its removal from the log leaves both); returns the spans left in the log.
+fn finish_interrupted_cut(
+    batches: &sled::Tree,
+    traces: &sled::Tree,
+    cut_through: u64,
+) -> Result<u64, StoreError> {
+    if cut_through > 0 {
+        let mut stale = Vec::new();
+        for item in batches.range(..=cut_through.to_be_bytes()) {
+            stale.push(item?.0);
+        }
+        if !stale.is_empty() {
+            let mut tr = sled::Batch::default();
+            for item in traces.iter() {
+                let (k, _) = item?;
+                let seq = k.get(16..24).and_then(|s| <[u8; 8]>::try_from(s).ok());
+                if seq.is_some_and(|s| u64::from_be_bytes(s) <= cut_through) {
+                    tr.remove(k);
+                }
+            }
+            traces.apply_batch(tr)?;
+            let mut br = sled::Batch::default();
+            for k in &stale {
+                br.remove(k.clone());
+            }
+            batches.apply_batch(br)?;
+            tracing::info!(writes = stale.len(), "finishing a block cut a crash interrupted: removed what the block holds from the log");
+        }
+    }
+    let mut spans = 0u64;
+    for item in batches.iter() {
+        let (k, v) = item?;
+        spans += encode::decode_meta(&k, &v)?.0.span_count as u64;
+    }
+    Ok(spans)
+}
+
+fn writer_loop(
+    rx: mpsc::Receiver<Job>,
+    trees: Trees,
+    writes: &AtomicU64,
+    flushes: &AtomicU64,
+    wal_spans: &AtomicU64,
+) {
     let (db, batches, traces, tags) = trees;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -447,10 +743,7 @@ fn writer_loop(rx: mpsc::Receiver<Job>, trees: Trees, writes: &AtomicU64, flushe
                     let seq = db.generate_id()?.to_be_bytes();
                     batches.insert(seq, job.batch.as_slice())?;
                     for (id, meta) in &job.traces {
-                        let mut key = [0u8; 24];
-                        key[..16].copy_from_slice(id.as_bytes());
-                        key[16..].copy_from_slice(&seq);
-                        traces.insert(key, meta.as_slice())?;
+                        traces.insert(trace_key(id, &seq), meta.as_slice())?;
                     }
                 }
                 for t in &job.tags {
@@ -458,6 +751,7 @@ fn writer_loop(rx: mpsc::Receiver<Job>, trees: Trees, writes: &AtomicU64, flushe
                 }
             }
             db.flush()?;
+            wal_spans.fetch_add(group.iter().map(|j| j.spans).sum(), Ordering::Relaxed);
             Ok(())
         })();
         writes.fetch_add(group.len() as u64, Ordering::Relaxed);
@@ -491,15 +785,12 @@ impl TraceReader for SledStore {
         window: TimeWindow,
     ) -> Result<Option<Vec<ResourceSpans>>, StoreError> {
         let parts = self.trace_parts(&id)?;
-        if parts.is_empty()
-            || !parts
-                .iter()
-                .any(|(_, m)| window.overlaps(m.start_ns, m.end_ns))
-        {
+        let mut cache = BatchCache::default();
+        let spans = self.read_trace(&id, &parts, &mut cache, None, None)?;
+        if spans.is_empty() || !trace_overlaps(&spans, &window) {
             return Ok(None);
         }
-        let mut cache = BatchCache::default();
-        Ok(Some(self.read_trace(&id, &parts, &mut cache)?))
+        Ok(Some(spans))
     }
 
     fn scan(
@@ -508,11 +799,23 @@ impl TraceReader for SledStore {
         prefilter: &SpanFilter<'_>,
         visit: &mut TraceVisit<'_>,
     ) -> Result<ScanStats, StoreError> {
+        self.scan_terms(window, &[], prefilter, visit)
+    }
+
+    fn scan_terms(
+        &self,
+        window: TimeWindow,
+        terms: &[Term],
+        prefilter: &SpanFilter<'_>,
+        visit: &mut TraceVisit<'_>,
+    ) -> Result<ScanStats, StoreError> {
         let mut stats = ScanStats::default();
         let mut seen: HashSet<TraceId> = HashSet::new();
         let mut cache = BatchCache::default();
         let stop_before = window.start_ns.map(|s| s.saturating_sub(MAX_CLOCK_SKEW_NS));
-        'batches: for item in self.inner.batches.iter().rev() {
+        // The log first (newest writes), then the blocks, newest first: a batch cut meanwhile
+        // is in a block by the time the blocks are listed.
+        for item in self.inner.batches.iter().rev() {
             let (k, v) = item?;
             let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
                 continue;
@@ -529,37 +832,70 @@ impl TraceReader for SledStore {
             stats.inspected_spans += meta.span_count as u64;
             let batch = Arc::new(encode::decode_payload(&k, payload)?);
             cache.put(seq, batch.clone());
-            // The traces of this batch with a span that passes the prefilter, newest first.
-            let mut candidates: Vec<(u64, TraceId)> = Vec::new();
-            let mut in_batch: HashSet<TraceId> = HashSet::new();
-            for rs in batch.iter() {
-                for ss in &rs.scope_spans {
-                    for span in &ss.spans {
-                        let Ok(id) = TraceId::from_slice(&span.trace_id) else {
-                            continue;
-                        };
-                        if seen.contains(&id) || in_batch.contains(&id) {
-                            continue;
-                        }
-                        if prefilter(span, rs.resource.as_ref()) {
-                            in_batch.insert(id);
-                            candidates.push((span.start_time_unix_nano, id));
-                        }
-                    }
-                }
-            }
-            candidates.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+            let candidates = candidates(&batch, &seen, prefilter);
             for (_, id) in candidates {
                 seen.insert(id);
                 let parts = self.trace_parts(&id)?;
-                let start = parts.iter().map(|p| p.1.start_ns).min().unwrap_or(0);
-                let end = parts.iter().map(|p| p.1.end_ns).max().unwrap_or(0);
-                if !window.overlaps(start, end) {
+                let spans = self.read_trace(&id, &parts, &mut cache, None, None)?;
+                if !trace_overlaps(&spans, &window) {
                     continue;
                 }
-                let spans = self.read_trace(&id, &parts, &mut cache)?;
                 if !visit(id, &spans) {
-                    break 'batches;
+                    stats.inspected_bytes += cache.bytes_read;
+                    return Ok(stats);
+                }
+            }
+        }
+        let hashes: Vec<u64> = terms.iter().map(Term::hash).collect();
+        let blocks = &self.inner.blocks;
+        for b in blocks.snapshot() {
+            if !window.overlaps(b.meta.start_ns, b.meta.end_ns) {
+                continue;
+            }
+            for (i, page) in b.meta.pages.iter().enumerate() {
+                if !window.overlaps(page.start_ns, page.end_ns) || !b.page_may_match(i, &hashes) {
+                    continue;
+                }
+                let raw = match blocks.checked(&b, || b.read_page(blocks.backend.as_ref(), i)) {
+                    Err(StoreError::NotFound(_)) => break,
+                    other => other?,
+                };
+                stats.inspected_bytes += page.len as u64;
+                stats.inspected_traces += page.trace_count as u64;
+                stats.inspected_spans += page.span_count as u64;
+                let mut found: Vec<(u64, TraceId, Vec<ResourceSpans>)> = Vec::new();
+                for e in block::entries(&b.name, &raw) {
+                    let e = e?;
+                    if seen.contains(&e.id) || !window.overlaps(e.start_ns, e.end_ns) {
+                        continue;
+                    }
+                    let decoded = blocks.checked(&b, || {
+                        TracesData::decode(e.data).map_err(|err| StoreError::Corrupt {
+                            key: b.name.clone(),
+                            problem: format!("trace {}: bad protobuf: {err}", e.id.to_hex()),
+                        })
+                    })?;
+                    let hit = decoded.resource_spans.iter().any(|rs| {
+                        rs.scope_spans.iter().any(|ss| {
+                            ss.spans
+                                .iter()
+                                .any(|sp| prefilter(sp, rs.resource.as_ref()))
+                        })
+                    });
+                    if hit {
+                        found.push((e.start_ns, e.id, decoded.resource_spans));
+                    }
+                }
+                found.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
+                for (_, id, part) in found {
+                    seen.insert(id);
+                    let parts = self.trace_parts(&id)?;
+                    let spans =
+                        self.read_trace(&id, &parts, &mut cache, Some(&b.name), Some(part))?;
+                    if !visit(id, &spans) {
+                        stats.inspected_bytes += cache.bytes_read;
+                        return Ok(stats);
+                    }
                 }
             }
         }
@@ -578,7 +914,8 @@ impl TraceReader for SledStore {
             }
             result.traces.len() < limit
         };
-        let stats = self.scan(query.window, &prefilter, &mut visit)?;
+        let terms = condition_terms(query);
+        let stats = self.scan_terms(query.window, &terms, &prefilter, &mut visit)?;
         result.inspected_traces = stats.inspected_traces;
         result.inspected_bytes = stats.inspected_bytes;
         result
@@ -621,6 +958,78 @@ impl TraceReader for SledStore {
             bytes_on_disk: self.size_on_disk(),
         }
     }
+}
+
+/// The traces of a batch with a span that passes the prefilter and that no earlier part of the
+/// scan visited, newest first.
+fn candidates(
+    batch: &[ResourceSpans],
+    seen: &HashSet<TraceId>,
+    prefilter: &SpanFilter<'_>,
+) -> Vec<(u64, TraceId)> {
+    let mut out: Vec<(u64, TraceId)> = Vec::new();
+    let mut in_batch: HashSet<TraceId> = HashSet::new();
+    for rs in batch {
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                let Ok(id) = TraceId::from_slice(&span.trace_id) else {
+                    continue;
+                };
+                if seen.contains(&id) || in_batch.contains(&id) {
+                    continue;
+                }
+                if prefilter(span, rs.resource.as_ref()) {
+                    in_batch.insert(id);
+                    out.push((span.start_time_unix_nano, id));
+                }
+            }
+        }
+    }
+    out.sort_by_key(|(start, _)| std::cmp::Reverse(*start));
+    out
+}
+
+/// Whether a trace's spans overlap the window.
+fn trace_overlaps(trace: &[ResourceSpans], window: &TimeWindow) -> bool {
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for rs in trace {
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                start = start.min(span.start_time_unix_nano);
+                end = end.max(span.end_time_unix_nano);
+            }
+        }
+    }
+    start <= end && window.overlaps(start, end)
+}
+
+/// The terms a search's conditions require of a span (for skipping pages).
+pub(crate) fn condition_terms(query: &SearchQuery) -> Vec<Term> {
+    query
+        .conditions
+        .iter()
+        .filter_map(|c| {
+            let Matcher::Equals(value) = &c.matcher else {
+                return None;
+            };
+            if c.scope.is_none() {
+                match c.key.as_str() {
+                    "name" => return Some(Term::Name(value.clone())),
+                    "status" => return Some(Term::Status(value.clone())),
+                    "kind" => return Some(Term::Kind(value.clone())),
+                    "statusMessage" => return None,
+                    _ => {}
+                }
+            }
+            if value.len() > block::MAX_TERM_VALUE || value.starts_with(['[', '{']) {
+                return None;
+            }
+            Some(Term::Attr {
+                key: c.key.clone(),
+                value: value.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Whether one span satisfies the duration bounds and every condition.
@@ -704,6 +1113,9 @@ fn evaluate(id: TraceId, trace: &[ResourceSpans], query: &SearchQuery) -> Option
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The maintenance thread may be the one dropping the last reference: it is told to
+        // stop, not joined.
+        self.maintenance.lock().take();
         self.jobs.lock().take();
         if let Some(handle) = self.writer.lock().take() {
             let _ = handle.join();

@@ -254,7 +254,11 @@ fn run(
         start_ns: Some(range.start_ns),
         end_ns: Some(range.end_ns),
     };
-    let stats = reader.scan(window, &prefilter, &mut visit)?;
+    let terms = pushed
+        .as_ref()
+        .map(|f| f.required_terms())
+        .unwrap_or_default();
+    let stats = reader.scan_terms(window, &terms, &prefilter, &mut visit)?;
     Ok(MetricsOutcome { eval, stats, error })
 }
 

@@ -131,7 +131,8 @@ pub(crate) fn run_traceql(
         }
         traces.len() < limit
     };
-    let stats = reader.scan(request.window, &prefilter, &mut visit)?;
+    let terms = pushed.map(|f| f.required_terms()).unwrap_or_default();
+    let stats = reader.scan_terms(request.window, &terms, &prefilter, &mut visit)?;
     traces.sort_by_key(|t: &TraceResult| std::cmp::Reverse(t.summary.start_ns));
     Ok(TraceQlResult {
         traces,

@@ -10,7 +10,7 @@ use sextant_otlp_proto::proto::{
     AnyValue, InstrumentationScope, KeyValue, Resource, ResourceSpans, Span,
 };
 use sextant_otlp_proto::{SpanId, TraceId};
-use sextant_store::{MatchedSpan, TraceSummary, ROOT_NOT_RECEIVED};
+use sextant_store::{MatchedSpan, Term, TraceSummary, ROOT_NOT_RECEIVED};
 
 use super::ast::*;
 
@@ -908,6 +908,59 @@ impl Query {
 }
 
 impl FilterExpr {
+    /// What every span this filter matches carries, for the store to skip data without it
+    /// ([`sextant_store::TraceReader::scan_terms`]): the equalities on span names, statuses,
+    /// kinds and span, resource or unscoped attributes that `&&` joins. Conservative: `||` and
+    /// other comparisons require nothing.
+    pub fn required_terms(&self) -> Vec<Term> {
+        let mut out = Vec::new();
+        self.collect_terms(&mut out);
+        out
+    }
+
+    fn collect_terms(&self, out: &mut Vec<Term>) {
+        match self {
+            FilterExpr::And(a, b) => {
+                a.collect_terms(out);
+                b.collect_terms(out);
+            }
+            FilterExpr::True | FilterExpr::Or(..) => {}
+            FilterExpr::Compare(c) if c.op == CmpOp::Eq => {
+                let term = match (&c.field, &c.value) {
+                    (Field::Intrinsic(Intrinsic::Name), Literal::Str(s)) => Term::Name(s.clone()),
+                    (Field::Intrinsic(Intrinsic::Status), Literal::Status(st)) => {
+                        Term::Status(st.as_str().to_string())
+                    }
+                    (Field::Intrinsic(Intrinsic::Kind), Literal::Kind(k)) => {
+                        Term::Kind(k.as_str().to_string())
+                    }
+                    (Field::Attribute(a), lit)
+                        if matches!(a.scope, Scope::Unscoped | Scope::Span | Scope::Resource) =>
+                    {
+                        // Rendered as the store renders attribute values (`attr::render`).
+                        let value = match lit {
+                            Literal::Str(s) => s.clone(),
+                            Literal::Int(i) => i.to_string(),
+                            Literal::Float(f) => f.to_string(),
+                            Literal::Bool(b) => b.to_string(),
+                            _ => return,
+                        };
+                        if value.len() > sextant_store::MAX_TERM_VALUE {
+                            return;
+                        }
+                        Term::Attr {
+                            key: a.name.clone(),
+                            value,
+                        }
+                    }
+                    _ => return,
+                };
+                out.push(term);
+            }
+            FilterExpr::Compare(_) => {}
+        }
+    }
+
     /// Tests the filter on one span with its resource, outside its trace: trace-level fields
     /// and instrumentation scope are absent. Exact for filters [`Query::prefilter`] returns.
     pub fn matches_span(&self, span: &Span, resource: Option<&Resource>) -> bool {
