@@ -96,7 +96,19 @@ async fn acknowledged_spans_survive_kill_9() {
         .prefix("sextant-durability-")
         .tempdir()
         .unwrap();
-    let mut server = Server::start_with_data_dir(data_dir.path(), &[]);
+    // Blocks are cut (and compacted) every second while the senders run, so the kills land
+    // in the middle of cuts and compactions too.
+    let mut server = Server::start_with_data_dir(
+        data_dir.path(),
+        &[
+            "--set",
+            "exporters.store.blocks.max_block_duration=1ms",
+            "--set",
+            "exporters.store.blocks.max_trace_idle=0s",
+            "--set",
+            "exporters.store.blocks.max_block_spans=300",
+        ],
+    );
     let acked: Acked = Arc::default();
 
     for round in 0..ROUNDS {
@@ -208,6 +220,15 @@ async fn acknowledged_spans_survive_kill_9() {
     let snapshot = acked.lock().unwrap().clone();
     verify(&server, &snapshot, "after SIGTERM and restart").await;
     drop(server);
+    // The spans were in blocks, not only in the write-ahead log.
+    let blocks = std::fs::read_dir(data_dir.path().join("blocks"))
+        .expect("a blocks directory")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blk"))
+        })
+        .count();
+    assert!(blocks > 0, "no block was cut");
 }
 
 /// SIGTERM drains: requests in flight when the signal arrives are answered, the process exits

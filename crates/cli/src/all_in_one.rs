@@ -41,10 +41,38 @@ pub struct AllInOneArgs {
     /// Memory limiter headroom (`processors.memory_limiter.spike_limit_mib`) [default: 20% of the limit]
     #[arg(long)]
     memory_spike_mib: Option<u64>,
+    /// Sets any key of the config: `--set exporters.store.block_retention=72h` (repeatable;
+    /// applied after the other flags)
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && k.split('.').all(|p| !p.is_empty()) => {
+            Ok((k.trim().to_string(), v.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE with a dotted key, like exporters.store.block_retention=72h"
+        )),
+    }
 }
 
 impl AllInOneArgs {
     fn overrides(&self) -> Vec<Override> {
+        let mut o = self.flag_overrides();
+        for (key, value) in &self.set {
+            let path: Vec<&str> = key.split('.').collect();
+            // `200000` a number, `true` a bool, the rest strings (as environment values are).
+            let value: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.as_str()));
+            o.push(Override::new(&path, value));
+        }
+        o
+    }
+
+    fn flag_overrides(&self) -> Vec<Override> {
         let mut o = Vec::new();
         if let Some(v) = &self.data_dir {
             o.push(Override::new(

@@ -134,20 +134,55 @@ impl Collector for StoreCollector {
                 "Flushes (fsyncs) of the store, each covering one or more writes",
                 stats.flushes,
             ),
+            (
+                "sextant_store_blocks_cut",
+                "Blocks cut from the write-ahead log",
+                stats.blocks_cut,
+            ),
+            (
+                "sextant_store_compactions",
+                "Compactions (blocks merged into one)",
+                stats.compactions,
+            ),
+            (
+                "sextant_store_blocks_expired",
+                "Blocks deleted by retention",
+                stats.blocks_expired,
+            ),
+            (
+                "sextant_store_blocks_quarantined",
+                "Blocks that failed their checks and were quarantined",
+                stats.blocks_quarantined,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
-        let gauge = ConstGauge::new(stats.bytes_on_disk);
-        let metric = encoder.encode_descriptor(
-            "sextant_store_bytes_on_disk",
-            "Size of the store's files on disk, in bytes",
-            None,
-            gauge.metric_type(),
-        )?;
-        gauge.encode(metric)?;
+        let gauges = [
+            (
+                "sextant_store_bytes_on_disk",
+                "Size of the store's files on local disk (log and local blocks), in bytes",
+                stats.bytes_on_disk,
+            ),
+            ("sextant_store_blocks", "Blocks served", stats.blocks),
+            (
+                "sextant_store_block_bytes",
+                "Size of the blocks served (on disk or object storage), in bytes",
+                stats.block_bytes,
+            ),
+            (
+                "sextant_store_wal_spans",
+                "Spans in the write-ahead log, not cut into blocks yet",
+                stats.wal_spans,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
         Ok(())
     }
 }

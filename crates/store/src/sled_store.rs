@@ -951,11 +951,23 @@ impl TraceReader for SledStore {
     }
 
     fn stats(&self) -> StoreStats {
+        let b = self.inner.blocks.stats();
+        let local_blocks = match self.inner.blocks.config.backend {
+            BlockBackend::Local => b.block_bytes,
+            BlockBackend::S3(_) => 0,
+        };
         StoreStats {
             spans_written: self.inner.spans_written.load(Ordering::Relaxed),
             writes: self.inner.writes.load(Ordering::Relaxed),
             flushes: self.inner.flushes.load(Ordering::Relaxed),
-            bytes_on_disk: self.size_on_disk(),
+            bytes_on_disk: self.size_on_disk() + local_blocks,
+            blocks: b.blocks,
+            block_bytes: b.block_bytes,
+            wal_spans: self.wal_spans(),
+            blocks_cut: b.cuts,
+            compactions: b.compactions,
+            blocks_expired: b.expired,
+            blocks_quarantined: b.quarantined,
         }
     }
 }

@@ -147,4 +147,13 @@ pub struct StoreStats {
     pub writes: u64,
     pub flushes: u64,
     pub bytes_on_disk: u64,
+    /// Blocks served, and their bytes (on local disk or object storage).
+    pub blocks: u64,
+    pub block_bytes: u64,
+    /// Spans in the write-ahead log, not cut into blocks yet.
+    pub wal_spans: u64,
+    pub blocks_cut: u64,
+    pub compactions: u64,
+    pub blocks_expired: u64,
+    pub blocks_quarantined: u64,
 }

@@ -8,9 +8,10 @@
 //!
 //! [`BlockStore`]'s methods are synchronous. [`S3BlockStore`] owns a small multi-thread tokio
 //! runtime (two workers drive the connections and timers) and runs each call with
-//! [`Runtime::block_on`] on the calling thread. The rule for callers: call these methods from
-//! a plain thread or from a `spawn_blocking` thread (of any runtime), **never from inside an
-//! async task** — tokio refuses to block a thread that is executing async code, and panics.
+//! [`Runtime::block_on`] on the calling thread. Call these methods from a plain thread or from
+//! a `spawn_blocking` thread (of any runtime); from inside an async task they still work (the
+//! call is made from a scoped helper thread, since tokio refuses to block a thread that runs
+//! async code) but block that task's worker thread like any synchronous I/O.
 //! Dropping an [`S3BlockStore`] is allowed anywhere (its runtime is shut down in the
 //! background).
 //!
@@ -245,8 +246,22 @@ impl S3BlockStore {
 
     /// Runs `fut` on the owned runtime, blocking the calling thread (which must not be
     /// executing async code).
-    fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+    ///
+    /// Called from a thread that is inside a runtime (an async task opening the store, say),
+    /// it runs the future from a scoped helper thread instead of panicking, blocking the caller
+    /// as any synchronous call would.
+    fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
         match &self.runtime {
+            Some(rt) if tokio::runtime::Handle::try_current().is_ok() => {
+                std::thread::scope(|s| match s.spawn(|| rt.block_on(fut)).join() {
+                    Ok(out) => out,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+            }
             Some(rt) => rt.block_on(fut),
             // Only `drop` takes the runtime, and nothing runs after it.
             None => unreachable!("S3BlockStore used after drop"),
