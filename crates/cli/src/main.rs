@@ -8,6 +8,7 @@ mod collector;
 mod config;
 mod gen;
 mod null_server;
+mod store_admin;
 mod store_exporter;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,8 @@ enum Command {
     Services(client::ServicesArgs),
     /// Print the service graph (who calls whom, how often) from the Jaeger API.
     Deps(client::DepsArgs),
+    /// Inspect, verify or compact the store of an all-in-one that is not running.
+    Store(store_admin::StoreArgs),
     /// Send generated OTLP load to a gRPC endpoint and report throughput and latency.
     Gen(gen::GenArgs),
     /// An OTLP/gRPC server that decodes and drops: the transport's floor for benchmarks.
@@ -98,6 +101,7 @@ fn main() -> std::process::ExitCode {
             Command::QueryRange(args) => client::query_range(args).await,
             Command::Services(args) => client::services(args).await,
             Command::Deps(args) => client::deps(args).await,
+            Command::Store(args) => store_admin::run(args).await,
             Command::Gen(args) => gen::run(args).await,
             Command::NullServer(args) => null_server::run(args).await,
         }
