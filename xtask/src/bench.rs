@@ -10,6 +10,10 @@
 //! `sdk` measures what `sextant-sdk` costs an axum service: the same service plain and
 //! instrumented (a server span per request, batch-exported over OTLP/gRPC to a
 //! `sextant null-server`), in alternating rounds of one run.
+//!
+//! `store` (in `bench_store`) measures the storage engine in one process over `--spans N`
+//! spans (default 10 M): durable ingest against a durable-append floor, bytes on disk, trace by
+//! id and searches after the block cut.
 
 use std::fs;
 use std::path::Path;
@@ -24,7 +28,7 @@ use serde_json::{json, Value};
 
 use crate::util::{self, cargo, secs, target_dir, ChildGuard, Lines, TempDir};
 
-const KNOWN: &[&str] = &["ingest", "collector", "sdk"];
+const KNOWN: &[&str] = &["ingest", "collector", "sdk", "store"];
 
 /// The targets printed next to the figures.
 const TARGET_SPANS_PER_SEC: f64 = 100_000.0;
@@ -42,6 +46,8 @@ pub(crate) struct Options {
     pub warmup: u64,
     /// New trace ids in every request sent (`sextant gen --fresh-trace-ids`).
     pub fresh_trace_ids: bool,
+    /// Spans of the `store` benchmark (its default when `None`).
+    pub spans: Option<u64>,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -51,6 +57,7 @@ pub fn run(args: &[String]) -> Result<()> {
         streams: 32,
         warmup: 2,
         fresh_trace_ids: false,
+        spans: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -75,9 +82,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "--duration" => opts.duration = value(flag)?,
             "--streams" => opts.streams = value(flag)?,
             "--warmup" => opts.warmup = value(flag)?,
+            "--spans" => opts.spans = Some(value(flag)?),
             "-h" | "--help" => {
                 println!(
-                    "usage: cargo xtask bench [{}] [--duration S] [--streams N] [--warmup S]",
+                    "usage: cargo xtask bench [{}] [--duration S] [--streams N] [--warmup S] [--spans N]",
                     KNOWN.join("|")
                 );
                 return Ok(());
@@ -101,6 +109,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "ingest" => ingest(&opts)?,
             "collector" => crate::bench_collector::run(&opts)?,
             "sdk" => sdk()?,
+            "store" => crate::bench_store::run(&opts)?,
             _ => unreachable!("checked against KNOWN"),
         }
     }

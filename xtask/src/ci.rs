@@ -23,6 +23,7 @@ const STEPS: &[Step] = &[
     ("fmt", fmt),
     ("clippy", clippy),
     ("python-venv", python_venv),
+    ("codegen", codegen),
     ("build", build),
     ("test", test),
 ];
@@ -77,6 +78,11 @@ fn clippy() -> Result<()> {
         "-D",
         "warnings",
     ]))
+}
+
+/// The committed code of the internal protos matches them (`cargo xtask codegen --check`).
+fn codegen() -> Result<()> {
+    crate::codegen::run(&["--check".to_string()])
 }
 
 fn build() -> Result<()> {

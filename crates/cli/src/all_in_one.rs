@@ -47,7 +47,22 @@ pub struct AllInOneArgs {
     set: Vec<(String, String)>,
 }
 
-fn parse_set(s: &str) -> Result<(String, String), String> {
+/// The `--set KEY=VALUE` flags as config overrides: `200000` a number, `true` a bool, the
+/// rest strings (as environment values are).
+pub(crate) fn set_overrides(set: &[(String, String)]) -> Vec<Override> {
+    set.iter()
+        .map(|(key, value)| {
+            let path: Vec<&str> = key.split('.').collect();
+            let value: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value.as_str()));
+            Override::new(&path, value)
+        })
+        .collect()
+}
+
+/// Parses one `--set KEY=VALUE` flag.
+pub(crate) fn parse_set(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() && k.split('.').all(|p| !p.is_empty()) => {
             Ok((k.trim().to_string(), v.to_string()))
@@ -61,14 +76,7 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 impl AllInOneArgs {
     fn overrides(&self) -> Vec<Override> {
         let mut o = self.flag_overrides();
-        for (key, value) in &self.set {
-            let path: Vec<&str> = key.split('.').collect();
-            // `200000` a number, `true` a bool, the rest strings (as environment values are).
-            let value: figment::value::Value = value
-                .parse()
-                .unwrap_or_else(|_| figment::value::Value::from(value.as_str()));
-            o.push(Override::new(&path, value));
-        }
+        o.extend(set_overrides(&self.set));
         o
     }
 
@@ -120,7 +128,8 @@ impl AllInOneArgs {
     }
 }
 
-async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
+/// Binds a listener and prints `<what> listening on <addr>` (tests and scripts read it).
+pub(crate) async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for {what} on {addr}"))?;

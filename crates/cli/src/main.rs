@@ -8,8 +8,10 @@ mod collector;
 mod config;
 mod gen;
 mod null_server;
+mod query_node;
 mod store_admin;
 mod store_exporter;
+mod store_node;
 
 use clap::{Parser, Subcommand};
 
@@ -47,8 +49,11 @@ enum Command {
     Services(client::ServicesArgs),
     /// Print the service graph (who calls whom, how often) from the Jaeger API.
     Deps(client::DepsArgs),
-    /// Inspect, verify or compact the store of an all-in-one that is not running.
+    /// Run a store node (OTLP in, the store API out for `sextant query`), or inspect, verify
+    /// or compact a store that is not running (`sextant store inspect|verify|compact`).
     Store(store_admin::StoreArgs),
+    /// Run the Tempo and Jaeger query APIs over store nodes (`--store URL[,URL...]`).
+    Query(query_node::QueryNodeArgs),
     /// Send generated OTLP load to a gRPC endpoint and report throughput and latency.
     Gen(gen::GenArgs),
     /// An OTLP/gRPC server that decodes and drops: the transport's floor for benchmarks.
@@ -102,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Command::Services(args) => client::services(args).await,
             Command::Deps(args) => client::deps(args).await,
             Command::Store(args) => store_admin::run(args).await,
+            Command::Query(args) => query_node::run(args).await,
             Command::Gen(args) => gen::run(args).await,
             Command::NullServer(args) => null_server::run(args).await,
         }

@@ -17,11 +17,14 @@ use crate::config::{self, AllInOneHost};
 /// Background maintenance of a store opened by an admin command: so long that it never runs.
 const NO_MAINTENANCE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// `sextant store ...`.
+/// `sextant store [flags]` (a store node) or `sextant store inspect|verify|compact`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct StoreArgs {
     #[command(subcommand)]
-    command: StoreCommand,
+    command: Option<StoreCommand>,
+    #[command(flatten)]
+    node: crate::store_node::StoreNodeArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -65,10 +68,13 @@ struct CompactArgs {
     all: bool,
 }
 
-/// Runs a `sextant store` command.
+/// Runs a `sextant store` command: without a subcommand, the store node.
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let Some(command) = args.command else {
+        return crate::store_node::run(args.node).await;
+    };
     // Store calls block (and an S3 backend runs its own runtime): off the async threads.
-    tokio::task::spawn_blocking(move || match args.command {
+    tokio::task::spawn_blocking(move || match command {
         StoreCommand::Inspect(a) => inspect(a),
         StoreCommand::Verify(t) => verify(t),
         StoreCommand::Compact(a) => compact(a),

@@ -15,6 +15,7 @@ mod blockstore;
 mod encode;
 mod error;
 mod query;
+pub mod remote;
 mod sled_store;
 mod types;
 

@@ -95,6 +95,12 @@ struct Inner {
     blocks: BlockSet,
     /// Spans in the write-ahead log (not cut into blocks yet).
     wal_spans: Arc<AtomicU64>,
+    /// Every write with a lower `seq` is in blocks: reads of the log start here (sled keeps
+    /// emptied nodes for a while, and walking them costs).
+    wal_start: AtomicU64,
+    /// Every write with a `seq` up to this one is in the tree (the writer inserts in `seq`
+    /// order): a cut takes no write above it, so that it never skips one being inserted.
+    stored_through: Arc<AtomicU64>,
     /// The background thread cutting, compacting and expiring blocks, and how to stop it.
     maintenance: Mutex<Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>>,
 }
@@ -245,13 +251,27 @@ impl SledStore {
     /// Opens (or creates) the store at `config.path`.
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.path)?;
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
             .mode(sled::Mode::HighThroughput)
             // The writer flushes after every group of writes; a timer adds nothing but fsyncs.
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        // A store closed a moment ago in this process may still hold the directory's lock
+        // while sled's threads finish: wait for it a little (another process holding it is
+        // reported after that).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match sled_config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let batches = db.open_tree("batches")?;
         let traces = db.open_tree("traces")?;
         let tags_tree = db.open_tree("tags")?;
@@ -270,20 +290,25 @@ impl SledStore {
             BlockBackend::S3(s3) => Arc::new(S3BlockStore::open(s3)?),
         };
         let block_set = BlockSet::open(backend, config.blocks.clone())?;
+        let wal_start = block_set.wal_end();
         let wal_spans = Arc::new(AtomicU64::new(finish_interrupted_cut(
-            &batches,
-            &traces,
-            block_set.cut_through(),
+            &batches, &traces, wal_start,
         )?));
+        let last_stored = match batches.last()? {
+            Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
+            None => 0,
+        };
+        let stored_through = Arc::new(AtomicU64::new(last_stored));
         let (tx, rx) = mpsc::channel::<Job>();
         let writes = Arc::new(AtomicU64::new(0));
         let flushes = Arc::new(AtomicU64::new(0));
         let writer = {
             let trees = (db.clone(), batches.clone(), traces.clone(), tags_tree);
             let (writes, flushes, wal) = (writes.clone(), flushes.clone(), wal_spans.clone());
+            let stored = stored_through.clone();
             thread::Builder::new()
                 .name("sextant-store-writer".into())
-                .spawn(move || writer_loop(rx, trees, &writes, &flushes, &wal))?
+                .spawn(move || writer_loop(rx, trees, &writes, &flushes, &wal, &stored))?
         };
         tracing::info!(
             path = %config.path.display(),
@@ -306,6 +331,8 @@ impl SledStore {
                 flushes,
                 blocks: block_set,
                 wal_spans,
+                wal_start: AtomicU64::new(wal_start),
+                stored_through,
                 maintenance: Mutex::new(None),
             }),
         };
@@ -417,7 +444,8 @@ impl SledStore {
         let config = &inner.blocks.config;
         let _guard = inner.blocks.maintenance.lock();
         let now = now_ns();
-        let Some((k, v)) = inner.batches.first()? else {
+        let live = inner.live_batches();
+        let Some((k, v)) = inner.batches.range(live.clone()).next().transpose()? else {
             return Ok(false);
         };
         let (oldest, _) = encode::decode_meta(&k, &v)?;
@@ -432,7 +460,8 @@ impl SledStore {
         let mut parts: FxHashMap<TraceId, Vec<Vec<u8>>> = FxHashMap::default();
         let mut cut: Vec<([u8; 8], Vec<TraceId>)> = Vec::new();
         let (mut spans, mut newest, mut last_seq) = (0u64, 0u64, 0u64);
-        for item in inner.batches.iter() {
+        let stable = inner.stored_through.load(Ordering::Acquire).to_be_bytes();
+        for item in inner.batches.range(live.start..=stable) {
             let (k, v) = item?;
             let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
                 continue;
@@ -464,6 +493,7 @@ impl SledStore {
         if cut.is_empty() {
             return Ok(false);
         }
+        let read_ms = started.elapsed().as_millis() as u64;
         let mut ids: Vec<TraceId> = parts.keys().copied().collect();
         ids.sort_unstable();
         let id = blockset::new_block_id(0);
@@ -474,7 +504,8 @@ impl SledStore {
             let (entry, _) = blockset::merge_entry(tid, p)?;
             builder.add(entry)?;
         }
-        let (bytes, meta) = builder.finish(last_seq, Vec::new(), newest)?;
+        let (bytes, meta) = builder.finish(last_seq + 1, Vec::new(), newest)?;
+        let build_ms = started.elapsed().as_millis() as u64 - read_ms;
         let size = bytes.len();
         // Served from the block before it leaves the log: a reader finds the spans in one or
         // both (reads merge and dedupe), never in neither.
@@ -487,6 +518,8 @@ impl SledStore {
                 trace_removals.remove(trace_key(tid, seq).as_slice());
             }
         }
+        let stored_ms = started.elapsed().as_millis() as u64 - read_ms - build_ms;
+        inner.wal_start.fetch_max(last_seq + 1, Ordering::Relaxed);
         inner.traces.apply_batch(trace_removals)?;
         inner.batches.apply_batch(batch_removals)?;
         let _ = inner
@@ -495,12 +528,15 @@ impl SledStore {
                 Some(w.saturating_sub(spans))
             });
         inner.blocks.counters.cuts.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
+        tracing::info!(
             block = %id,
             writes = cut.len(),
             spans = meta.span_count,
             traces = meta.trace_count,
             bytes = size,
+            read_ms,
+            build_ms,
+            stored_ms,
             took_ms = started.elapsed().as_millis() as u64,
             "block cut"
         );
@@ -669,6 +705,13 @@ impl BatchCache {
     }
 }
 
+impl Inner {
+    /// The keys of the log's batches not cut into blocks yet.
+    fn live_batches(&self) -> std::ops::RangeFrom<[u8; 8]> {
+        self.wal_start.load(Ordering::Relaxed).to_be_bytes()..
+    }
+}
+
 type Trees = (sled::Db, sled::Tree, sled::Tree, sled::Tree);
 
 fn hex_key(k: &[u8]) -> String {
@@ -688,11 +731,11 @@ fn trace_key(id: &TraceId, seq: &[u8; 8]) -> [u8; 24] {
 fn finish_interrupted_cut(
     batches: &sled::Tree,
     traces: &sled::Tree,
-    cut_through: u64,
+    wal_start: u64,
 ) -> Result<u64, StoreError> {
-    if cut_through > 0 {
+    if wal_start > 0 {
         let mut stale = Vec::new();
-        for item in batches.range(..=cut_through.to_be_bytes()) {
+        for item in batches.range(..wal_start.to_be_bytes()) {
             stale.push(item?.0);
         }
         if !stale.is_empty() {
@@ -700,7 +743,7 @@ fn finish_interrupted_cut(
             for item in traces.iter() {
                 let (k, _) = item?;
                 let seq = k.get(16..24).and_then(|s| <[u8; 8]>::try_from(s).ok());
-                if seq.is_some_and(|s| u64::from_be_bytes(s) <= cut_through) {
+                if seq.is_some_and(|s| u64::from_be_bytes(s) < wal_start) {
                     tr.remove(k);
                 }
             }
@@ -714,7 +757,7 @@ fn finish_interrupted_cut(
         }
     }
     let mut spans = 0u64;
-    for item in batches.iter() {
+    for item in batches.range(wal_start.to_be_bytes()..) {
         let (k, v) = item?;
         spans += encode::decode_meta(&k, &v)?.0.span_count as u64;
     }
@@ -727,6 +770,7 @@ fn writer_loop(
     writes: &AtomicU64,
     flushes: &AtomicU64,
     wal_spans: &AtomicU64,
+    stored_through: &AtomicU64,
 ) {
     let (db, batches, traces, tags) = trees;
     while let Ok(first) = rx.recv() {
@@ -737,10 +781,13 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let mut highest = 0u64;
         let result = (|| -> Result<(), StoreError> {
             for job in &group {
                 if !job.batch.is_empty() {
-                    let seq = db.generate_id()?.to_be_bytes();
+                    let id = db.generate_id()?;
+                    highest = highest.max(id);
+                    let seq = id.to_be_bytes();
                     batches.insert(seq, job.batch.as_slice())?;
                     for (id, meta) in &job.traces {
                         traces.insert(trace_key(id, &seq), meta.as_slice())?;
@@ -752,6 +799,8 @@ fn writer_loop(
             }
             db.flush()?;
             wal_spans.fetch_add(group.iter().map(|j| j.spans).sum(), Ordering::Relaxed);
+            // Every write up to `highest` is in the tree now (this thread inserts in order).
+            stored_through.fetch_max(highest, Ordering::Release);
             Ok(())
         })();
         writes.fetch_add(group.len() as u64, Ordering::Relaxed);
@@ -815,7 +864,7 @@ impl TraceReader for SledStore {
         let stop_before = window.start_ns.map(|s| s.saturating_sub(MAX_CLOCK_SKEW_NS));
         // The log first (newest writes), then the blocks, newest first: a batch cut meanwhile
         // is in a block by the time the blocks are listed.
-        for item in self.inner.batches.iter().rev() {
+        for item in self.inner.batches.range(self.inner.live_batches()).rev() {
             let (k, v) = item?;
             let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
                 continue;

@@ -26,7 +26,6 @@ use prost::Message;
 use sextant_otlp_proto::wire::ValueRef;
 use sextant_otlp_proto::TraceId;
 use xorf::{BinaryFuse8, Filter as _};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::blockstore::BlockStore;
 use crate::error::StoreError;
@@ -61,10 +60,10 @@ pub struct BlockMeta {
     /// Bytes of the entries before compression.
     #[prost(uint64, tag = "9")]
     pub raw_bytes: u64,
-    /// The write-ahead-log batches this block holds: every batch with `seq <= last_seq` that
-    /// was in the log when it was cut (0 for none).
+    /// The write-ahead-log batches this block holds: every batch with `seq < wal_end` that
+    /// was in the log when it was cut (0: none).
     #[prost(uint64, tag = "10")]
-    pub last_seq: u64,
+    pub wal_end: u64,
     /// Ids of the blocks this one replaces: once it exists, they are deleted.
     #[prost(string, repeated, tag = "11")]
     pub replaces: Vec<String>,
@@ -208,45 +207,60 @@ impl Term {
 }
 
 fn tagged(tag: u8, a: &[u8], b: Option<&[u8]>) -> u64 {
-    let mut h = Xxh3::new();
-    h.update(&[tag]);
-    h.update(a);
+    let mut buf = Vec::with_capacity(2 + a.len() + b.map_or(0, <[u8]>::len));
+    tagged_into(&mut buf, tag, a, b)
+}
+
+/// [`tagged`] with a caller's scratch buffer: one-shot hashing of `tag a 0 b` (the same value).
+fn tagged_into(buf: &mut Vec<u8>, tag: u8, a: &[u8], b: Option<&[u8]>) -> u64 {
+    buf.clear();
+    buf.push(tag);
+    buf.extend_from_slice(a);
     if let Some(b) = b {
-        h.update(&[0]);
-        h.update(b);
+        buf.push(0);
+        buf.extend_from_slice(b);
     }
-    h.digest()
+    xxhash_rust::xxh3::xxh3_64(buf)
 }
 
 /// Attribute values longer than this are not put in the filters (a search for one reads every
 /// page its other terms allow).
 pub const MAX_TERM_VALUE: usize = 256;
 
-/// Collects the term hashes of spans as the wire scan shows them.
+/// Computes the term hashes of spans as the wire scan shows them, without allocating.
 #[derive(Default)]
 pub(crate) struct TermSink {
     scratch: String,
+    buf: Vec<u8>,
 }
 
 impl TermSink {
     /// The hash of an attribute term, or `None` for values that are not indexed.
     pub fn attr(&mut self, key: &str, value: &ValueRef<'_>) -> Option<u64> {
         self.scratch.clear();
-        match value {
+        let text: &[u8] = match value {
             ValueRef::Str(s) => {
                 if s.len() > MAX_TERM_VALUE {
                     return None;
                 }
-                return Some(tagged(b'a', key.as_bytes(), Some(s.as_bytes())));
+                s.as_bytes()
             }
             ValueRef::Bool(b) => {
-                let _ = write!(self.scratch, "{b}");
+                if *b {
+                    b"true"
+                } else {
+                    b"false"
+                }
             }
             ValueRef::Int(i) => {
-                let _ = write!(self.scratch, "{i}");
+                let mut digits = itoa::Buffer::new();
+                self.scratch.push_str(digits.format(*i));
+                self.scratch.as_bytes()
             }
             ValueRef::Double(d) => {
+                // As `attr::render` writes it (Display), not ryu's shortest form.
                 let _ = write!(self.scratch, "{d}");
+                self.scratch.as_bytes()
             }
             ValueRef::Bytes(b) => {
                 if b.len() * 2 > MAX_TERM_VALUE {
@@ -255,27 +269,33 @@ impl TermSink {
                 for byte in b.iter() {
                     let _ = write!(self.scratch, "{byte:02x}");
                 }
+                self.scratch.as_bytes()
             }
             ValueRef::Composite | ValueRef::Empty => return None,
-        }
-        Some(tagged(b'a', key.as_bytes(), Some(self.scratch.as_bytes())))
+        };
+        Some(tagged_into(&mut self.buf, b'a', key.as_bytes(), Some(text)))
     }
 
-    pub fn name(&self, name: &str) -> u64 {
-        tagged(b'n', name.as_bytes(), None)
+    pub fn name(&mut self, name: &str) -> u64 {
+        tagged_into(&mut self.buf, b'n', name.as_bytes(), None)
     }
 
-    pub fn status(&self, code: i32) -> u64 {
+    pub fn status(&mut self, code: i32) -> u64 {
         let s = match code {
             1 => "ok",
             2 => "error",
             _ => "unset",
         };
-        tagged(b's', s.as_bytes(), None)
+        tagged_into(&mut self.buf, b's', s.as_bytes(), None)
     }
 
-    pub fn kind(&self, kind: i32) -> u64 {
-        tagged(b'k', crate::query::kind_name(kind).as_bytes(), None)
+    pub fn kind(&mut self, kind: i32) -> u64 {
+        tagged_into(
+            &mut self.buf,
+            b'k',
+            crate::query::kind_name(kind).as_bytes(),
+            None,
+        )
     }
 }
 
@@ -381,10 +401,10 @@ impl BlockBuilder {
         Ok(())
     }
 
-    /// The block's bytes and its meta. `last_seq`, `replaces` and arrival come from the caller.
+    /// The block's bytes and its meta. `wal_end`, `replaces` and arrival come from the caller.
     pub fn finish(
         mut self,
-        last_seq: u64,
+        wal_end: u64,
         replaces: Vec<String>,
         newest_arrival_ns: u64,
     ) -> Result<(Vec<u8>, BlockMeta), StoreError> {
@@ -393,7 +413,7 @@ impl BlockBuilder {
             self.meta.start_ns = 0;
         }
         self.meta.created_ns = now_ns();
-        self.meta.last_seq = last_seq;
+        self.meta.wal_end = wal_end;
         self.meta.replaces = replaces;
         self.meta.newest_arrival_ns = newest_arrival_ns;
         self.meta.trace_filter = KeyFilter::build(std::mem::take(&mut self.trace_keys)).encode();
