@@ -276,23 +276,37 @@ impl BlockSet {
         skip: Option<&str>,
     ) -> Result<Vec<Vec<ResourceSpans>>, StoreError> {
         let mut parts = Vec::new();
-        for b in self.snapshot() {
-            if skip == Some(b.name.as_str()) || b.page_of(id).is_none() {
-                continue;
+        let mut read: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // A block deleted under the read (compaction replaced it) sends it round again with
+        // the blocks served now, whose replacement holds the spans.
+        for _round in 0..3 {
+            let mut gone = false;
+            for b in self.snapshot() {
+                if skip == Some(b.name.as_str())
+                    || read.contains(&b.name)
+                    || b.page_of(id).is_none()
+                {
+                    continue;
+                }
+                let found = match self.checked(&b, || b.find(self.backend.as_ref(), id)) {
+                    Err(StoreError::NotFound(_)) => {
+                        gone = true;
+                        continue;
+                    }
+                    other => other?,
+                };
+                read.insert(b.name.clone());
+                if let Some(data) = found {
+                    let decoded =
+                        TracesData::decode(data.as_slice()).map_err(|e| StoreError::Corrupt {
+                            key: b.name.clone(),
+                            problem: format!("trace {}: bad protobuf: {e}", id.to_hex()),
+                        });
+                    parts.push(self.checked(&b, || decoded)?.resource_spans);
+                }
             }
-            let found = match self.checked(&b, || b.find(self.backend.as_ref(), id)) {
-                // Deleted by retention or compaction since the snapshot: its spans are
-                // elsewhere now, or expired.
-                Err(StoreError::NotFound(_)) => continue,
-                other => other?,
-            };
-            if let Some(data) = found {
-                let decoded =
-                    TracesData::decode(data.as_slice()).map_err(|e| StoreError::Corrupt {
-                        key: b.name.clone(),
-                        problem: format!("trace {}: bad protobuf: {e}", id.to_hex()),
-                    });
-                parts.push(self.checked(&b, || decoded)?.resource_spans);
+            if !gone {
+                break;
             }
         }
         Ok(parts)
@@ -347,7 +361,8 @@ impl BlockSet {
         }
     }
 
-    /// The oldest run of blocks of one level that is worth merging. `force` merges any two.
+    /// The oldest run of blocks of one level that is worth merging. `force` merges any two,
+    /// whatever their levels.
     fn pick_compaction(&self, force: bool) -> Option<Vec<Arc<OpenBlock>>> {
         let blocks = self.snapshot();
         let max = self.config.max_compacted_block_spans;
@@ -359,7 +374,9 @@ impl BlockSet {
         let mut levels: FxHashMap<u32, Vec<Arc<OpenBlock>>> = FxHashMap::default();
         for b in blocks.iter().rev() {
             if b.meta.span_count < max {
-                levels.entry(b.meta.level).or_default().push(b.clone());
+                // Forced, every level is one: `compact --all` leaves as few blocks as it can.
+                let level = if force { 0 } else { b.meta.level };
+                levels.entry(level).or_default().push(b.clone());
             }
         }
         let mut keys: Vec<u32> = levels.keys().copied().collect();

@@ -378,7 +378,8 @@ impl SledStore {
         Ok(())
     }
 
-    /// Merges blocks now: with `force`, any two blocks of a level (up to the size limit);
+    /// Merges blocks now: with `force`, any two blocks whatever their level (up to the size
+    /// limit);
     /// otherwise only as the background compactor would.
     pub fn compact(&self, force: bool) -> Result<CompactionReport, StoreError> {
         self.inner.blocks.compact(force)
@@ -897,55 +898,75 @@ impl TraceReader for SledStore {
         }
         let hashes: Vec<u64> = terms.iter().map(Term::hash).collect();
         let blocks = &self.inner.blocks;
-        for b in blocks.snapshot() {
-            if !window.overlaps(b.meta.start_ns, b.meta.end_ns) {
-                continue;
-            }
-            for (i, page) in b.meta.pages.iter().enumerate() {
-                if !window.overlaps(page.start_ns, page.end_ns) || !b.page_may_match(i, &hashes) {
+        // A block deleted under the scan (compaction replaced it) sends the scan round again
+        // over the blocks served now: the replacement holds its spans (`seen` skips the
+        // traces visited already).
+        let mut scanned: HashSet<String> = HashSet::new();
+        for _round in 0..3 {
+            let mut gone = false;
+            for b in blocks.snapshot() {
+                if scanned.contains(&b.name) || !window.overlaps(b.meta.start_ns, b.meta.end_ns) {
                     continue;
                 }
-                let raw = match blocks.checked(&b, || b.read_page(blocks.backend.as_ref(), i)) {
-                    Err(StoreError::NotFound(_)) => break,
-                    other => other?,
-                };
-                stats.inspected_bytes += page.len as u64;
-                stats.inspected_traces += page.trace_count as u64;
-                stats.inspected_spans += page.span_count as u64;
-                let mut found: Vec<(u64, TraceId, Vec<ResourceSpans>)> = Vec::new();
-                for e in block::entries(&b.name, &raw) {
-                    let e = e?;
-                    if seen.contains(&e.id) || !window.overlaps(e.start_ns, e.end_ns) {
+                let mut whole = true;
+                for (i, page) in b.meta.pages.iter().enumerate() {
+                    if !window.overlaps(page.start_ns, page.end_ns) || !b.page_may_match(i, &hashes)
+                    {
                         continue;
                     }
-                    let decoded = blocks.checked(&b, || {
-                        TracesData::decode(e.data).map_err(|err| StoreError::Corrupt {
-                            key: b.name.clone(),
-                            problem: format!("trace {}: bad protobuf: {err}", e.id.to_hex()),
-                        })
-                    })?;
-                    let hit = decoded.resource_spans.iter().any(|rs| {
-                        rs.scope_spans.iter().any(|ss| {
-                            ss.spans
-                                .iter()
-                                .any(|sp| prefilter(sp, rs.resource.as_ref()))
-                        })
-                    });
-                    if hit {
-                        found.push((e.start_ns, e.id, decoded.resource_spans));
+                    let raw = match blocks.checked(&b, || b.read_page(blocks.backend.as_ref(), i)) {
+                        Err(StoreError::NotFound(_)) => {
+                            whole = false;
+                            break;
+                        }
+                        other => other?,
+                    };
+                    stats.inspected_bytes += page.len as u64;
+                    stats.inspected_traces += page.trace_count as u64;
+                    stats.inspected_spans += page.span_count as u64;
+                    let mut found: Vec<(u64, TraceId, Vec<ResourceSpans>)> = Vec::new();
+                    for e in block::entries(&b.name, &raw) {
+                        let e = e?;
+                        if seen.contains(&e.id) || !window.overlaps(e.start_ns, e.end_ns) {
+                            continue;
+                        }
+                        let decoded = blocks.checked(&b, || {
+                            TracesData::decode(e.data).map_err(|err| StoreError::Corrupt {
+                                key: b.name.clone(),
+                                problem: format!("trace {}: bad protobuf: {err}", e.id.to_hex()),
+                            })
+                        })?;
+                        let hit = decoded.resource_spans.iter().any(|rs| {
+                            rs.scope_spans.iter().any(|ss| {
+                                ss.spans
+                                    .iter()
+                                    .any(|sp| prefilter(sp, rs.resource.as_ref()))
+                            })
+                        });
+                        if hit {
+                            found.push((e.start_ns, e.id, decoded.resource_spans));
+                        }
+                    }
+                    found.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
+                    for (_, id, part) in found {
+                        seen.insert(id);
+                        let parts = self.trace_parts(&id)?;
+                        let spans =
+                            self.read_trace(&id, &parts, &mut cache, Some(&b.name), Some(part))?;
+                        if !visit(id, &spans) {
+                            stats.inspected_bytes += cache.bytes_read;
+                            return Ok(stats);
+                        }
                     }
                 }
-                found.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
-                for (_, id, part) in found {
-                    seen.insert(id);
-                    let parts = self.trace_parts(&id)?;
-                    let spans =
-                        self.read_trace(&id, &parts, &mut cache, Some(&b.name), Some(part))?;
-                    if !visit(id, &spans) {
-                        stats.inspected_bytes += cache.bytes_read;
-                        return Ok(stats);
-                    }
+                if whole {
+                    scanned.insert(b.name.clone());
+                } else {
+                    gone = true;
                 }
+            }
+            if !gone {
+                break;
             }
         }
         stats.inspected_bytes += cache.bytes_read;

@@ -414,3 +414,50 @@ async fn a_corrupt_block_is_quarantined_and_reported_not_served() {
     assert_eq!(seen.len(), 1);
     assert!(store.blocks().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_cuts_and_compactions_see_every_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(config(dir.path())).unwrap();
+    let t0 = now_ns() - 60_000_000_000;
+    for i in 0..4u32 {
+        write_traces(&store, i * 300..(i + 1) * 300, 3, "a", t0).await;
+        store.flush_blocks().unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = reads % 1200;
+                let got = store.trace(tid(t), TimeWindow::all()).unwrap();
+                assert_eq!(
+                    got.map(|g| count(&g)),
+                    Some(3),
+                    "trace {t} during compaction"
+                );
+                if reads.is_multiple_of(50) {
+                    let q = SearchQuery {
+                        conditions: vec![Condition::equals("user.id", format!("u{t}"))],
+                        ..Default::default()
+                    };
+                    let r = store.search(&q).unwrap();
+                    assert_eq!(r.traces.len(), 1, "search for trace {t} during compaction");
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    // Cuts and compactions while the reader reads.
+    for i in 4..8u32 {
+        write_traces(&store, 10_000 + i * 100..10_000 + (i + 1) * 100, 2, "b", t0).await;
+        store.flush_blocks().unwrap();
+        store.compact(true).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader saw every span");
+    assert!(reads > 20, "{reads} reads");
+    assert_eq!(store.blocks().len(), 1);
+}
