@@ -209,6 +209,31 @@ async fn acknowledged_spans_survive_kill_9() {
         eprintln!("round {round}: {n} acknowledged traces intact");
     }
 
+    // The background thread cuts within a second of a start: wait for a block (the rounds may
+    // have killed each process before its first cut on a fast machine), then check again.
+    let block_files = |dir: &std::path::Path| {
+        std::fs::read_dir(dir.join("blocks"))
+            .map(|rd| {
+                rd.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blk"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while block_files(data_dir.path()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no block was cut\n{}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let snapshot = acked.lock().unwrap().clone();
+    verify(&server, &snapshot, "once blocks are cut").await;
+
     // A clean shutdown at the end also keeps everything.
     let status = server.terminate();
     assert!(
@@ -220,15 +245,6 @@ async fn acknowledged_spans_survive_kill_9() {
     let snapshot = acked.lock().unwrap().clone();
     verify(&server, &snapshot, "after SIGTERM and restart").await;
     drop(server);
-    // The spans were in blocks, not only in the write-ahead log.
-    let blocks = std::fs::read_dir(data_dir.path().join("blocks"))
-        .expect("a blocks directory")
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blk"))
-        })
-        .count();
-    assert!(blocks > 0, "no block was cut");
 }
 
 /// SIGTERM drains: requests in flight when the signal arrives are answered, the process exits
