@@ -14,6 +14,10 @@
 //! `store` (in `bench_store`) measures the storage engine in one process over `--spans N`
 //! spans (default 10 M): durable ingest against a durable-append floor, bytes on disk, trace by
 //! id and searches after the block cut.
+//!
+//! `query` (in `bench_query`) measures the Tempo HTTP API of `sextant all-in-one` over a
+//! dataset of `--spans N` spans built once by the store benchmark's generator: trace by id,
+//! TraceQL searches, a metrics query and the spans scanned per second per core.
 
 use std::fs;
 use std::path::Path;
@@ -28,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::util::{self, cargo, secs, target_dir, ChildGuard, Lines, TempDir};
 
-const KNOWN: &[&str] = &["ingest", "collector", "sdk", "store"];
+const KNOWN: &[&str] = &["ingest", "collector", "sdk", "store", "query"];
 
 /// The targets printed next to the figures.
 const TARGET_SPANS_PER_SEC: f64 = 100_000.0;
@@ -110,6 +114,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "collector" => crate::bench_collector::run(&opts)?,
             "sdk" => sdk()?,
             "store" => crate::bench_store::run(&opts)?,
+            "query" => crate::bench_query::run(&opts)?,
             _ => unreachable!("checked against KNOWN"),
         }
     }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_collector;
+mod bench_query;
 mod bench_store;
 mod ci;
 mod codegen;
@@ -20,7 +21,7 @@ usage: cargo xtask <task> [options]
 tasks:
   ci                         fmt check, clippy, Python venv, debug build, all tests
   codegen [--check]          generate the internal protos' code (--check: fail if the committed code differs)
-  bench [NAME] [options]     benchmarks; without NAME, all of them (known: ingest, collector, sdk, store)
+  bench [NAME] [options]     benchmarks; without NAME, all of them (known: ingest, collector, sdk, store, query)
       --duration S           measured seconds per run (default 10)
       --streams N            concurrent export calls of the load generator (default 8)
       --warmup S             unmeasured warm-up seconds per run (default 2)

@@ -56,6 +56,12 @@ const SEARCH_RUNS: usize = 5;
 const LATE_SHARE: f64 = 0.10;
 /// Spans' start times lie within this much before now.
 const WINDOW_NS: u64 = 3_600 * 1_000_000_000;
+/// The share of traces whose root lasts more than a second (at least [`SLOW_MIN_NS`]).
+const SLOW_SHARE: f64 = 0.005;
+/// The shortest of those slow roots: 1.1 s.
+const SLOW_MIN_NS: u64 = 1_100_000_000;
+/// Sampled trace ids printed in the report (for the query benchmark's lookups).
+const REPORTED_TRACE_IDS: usize = 200;
 
 const SERVICES: [(&str, &str); 20] = [
     ("frontend", "nodejs"),
@@ -449,7 +455,7 @@ fn run(args: &Args) -> Result<()> {
     for (name, value) in &rows {
         println!("  {name:<34} {value}");
     }
-    let report = json!({
+    let mut report = json!({
         "spans": spans,
         "traces": summary.traces,
         "split_traces": summary.split_traces,
@@ -492,6 +498,29 @@ fn run(args: &Args) -> Result<()> {
         "service_search_ms": svc_median,
         "service_search_best_ms": svc_best,
     });
+    // What the query benchmark (`cargo xtask bench query`) needs to know of the data (a
+    // second object: one `json!` of every field exceeds the macro's recursion limit).
+    let dataset = json!({
+        "services": SERVICES.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        "root_services": [SERVICES[0].0, SERVICES[1].0],
+        "searched_service": service,
+        "window_start_unix_ns": summary.window_start_ns,
+        "window_end_unix_ns": summary.window_end_ns,
+        "slow_trace_share": SLOW_SHARE,
+        "slow_min_ns": SLOW_MIN_NS,
+        "rare_attribute": "user.id",
+        "rare_value": rare_value,
+        "rare_trace_id": rare_trace.to_hex(),
+        "sample_traces": summary
+            .sample
+            .iter()
+            .take(REPORTED_TRACE_IDS)
+            .map(|(id, n)| json!({"id": id.to_hex(), "spans": n}))
+            .collect::<Vec<_>>(),
+    });
+    if let (Some(all), serde_json::Value::Object(extra)) = (report.as_object_mut(), dataset) {
+        all.extend(extra);
+    }
     work.finish()?;
     println!("{report}");
     Ok(())
@@ -823,6 +852,9 @@ struct Summary {
     sample: Vec<(TraceId, u32)>,
     /// The rare `user.id` value and its trace.
     rare: Option<(String, TraceId)>,
+    /// Root spans start within this window (unix ns; the generator's "now" is its end).
+    window_start_ns: u64,
+    window_end_ns: u64,
     cpu_s: f64,
 }
 
@@ -909,6 +941,11 @@ impl Generator {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let summary = Summary {
+            window_start_ns: now_ns.saturating_sub(WINDOW_NS),
+            window_end_ns: now_ns,
+            ..Summary::default()
+        };
         Self {
             rng,
             by_service: vec![Vec::new(); services.len()],
@@ -924,7 +961,7 @@ impl Generator {
             event_buf: Vec::with_capacity(512),
             text: String::with_capacity(256),
             shape: Vec::with_capacity(32),
-            summary: Summary::default(),
+            summary,
         }
     }
 
@@ -1008,7 +1045,14 @@ impl Generator {
         self.shape.clear();
         let start = self.now_ns.saturating_sub(WINDOW_NS)
             + self.rng.random_range(0..WINDOW_NS - 2_000_000_000);
-        let dur = 1_000_000 + (self.rng.random::<f64>().powi(3) * 900_000_000.0) as u64;
+        // 1 ms to 0.9 s, small more likely; the slowest 0.5 % of traces take 1.1 to 2 s (the
+        // query benchmark's `{ duration > 1s }`), still ending before the window does.
+        let u = self.rng.random::<f64>();
+        let dur = if u >= 1.0 - SLOW_SHARE {
+            SLOW_MIN_NS + ((u - (1.0 - SLOW_SHARE)) / SLOW_SHARE * 900_000_000.0) as u64
+        } else {
+            1_000_000 + (u.powi(3) * 900_000_000.0) as u64
+        };
         for i in 0..n {
             let (service, kind, s, e, parent) = if i == 0 {
                 let svc = self.rng.random_range(0..2usize);
