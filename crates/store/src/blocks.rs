@@ -347,6 +347,9 @@ impl BlockSet {
     pub fn compact(&self, force: bool) -> Result<CompactionReport, StoreError> {
         let mut report = CompactionReport::default();
         loop {
+            // Picked and merged under the maintenance lock: no cut, expiry or other compaction
+            // changes the set of blocks in between.
+            let _guard = self.maintenance.lock();
             let Some(inputs) = self.pick_compaction(force) else {
                 return Ok(report);
             };
@@ -402,8 +405,8 @@ impl BlockSet {
     /// Merges `inputs` into one block (k-way by trace id, a page of each input in memory), then
     /// deletes them. A crash in between leaves the new block naming the inputs it replaces, and
     /// the next open deletes them.
+    /// The caller holds the maintenance lock.
     fn compact_blocks(&self, inputs: &[Arc<OpenBlock>]) -> Result<CompactionReport, StoreError> {
-        let _guard = self.maintenance.lock();
         let started = std::time::Instant::now();
         let level = inputs.iter().map(|b| b.meta.level).max().unwrap_or(0) + 1;
         let id = new_block_id(level);
