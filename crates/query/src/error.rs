@@ -108,7 +108,10 @@ impl QueryError {
             QueryError::TraceNotFound | QueryError::UnknownPath(_) => StatusCode::NOT_FOUND,
             QueryError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             QueryError::Store(StoreError::InvalidQuery(_)) => StatusCode::BAD_REQUEST,
-            QueryError::Store(StoreError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
+            // A store shutting down, or a store node / object storage not answering: retry.
+            QueryError::Store(StoreError::Closed | StoreError::Backend(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             QueryError::Store(_) | QueryError::Task(_) | QueryError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -137,12 +140,18 @@ impl IntoResponse for QueryError {
         } else {
             tracing::debug!(%status, error = %body, "query rejected");
         }
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             body,
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        response
     }
 }
 
@@ -159,6 +168,10 @@ mod tests {
         );
         assert_eq!(
             QueryError::Store(StoreError::Closed).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            QueryError::Store(StoreError::Backend("store node down".into())).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(

@@ -73,20 +73,20 @@ pub trait TraceReader: Send + Sync {
         window: TimeWindow,
         prefilter: &SpanFilter<'_>,
         visit: &mut TraceVisit<'_>,
-    ) -> Result<ScanStats, StoreError>;
+    ) -> Result<ScanStats, StoreError> {
+        self.scan_terms(window, &[], prefilter, visit)
+    }
 
-    /// [`Self::scan`], told what every matching span carries (`terms`): a store may skip the
-    /// data where no span carries them all. `prefilter` must imply the terms.
+    /// [`Self::scan`], told what every matching span carries (`terms`, empty when nothing is
+    /// known): a store may skip the data where no span carries them all. `prefilter` must
+    /// imply the terms.
     fn scan_terms(
         &self,
         window: TimeWindow,
         terms: &[Term],
         prefilter: &SpanFilter<'_>,
         visit: &mut TraceVisit<'_>,
-    ) -> Result<ScanStats, StoreError> {
-        let _ = terms;
-        self.scan(window, prefilter, visit)
-    }
+    ) -> Result<ScanStats, StoreError>;
 
     /// Traces with at least one span matching every condition, newest first.
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError>;

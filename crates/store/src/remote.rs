@@ -660,15 +660,6 @@ impl TraceReader for RemoteStore {
             .map_err(|p| self.bad_answer("trace", p))
     }
 
-    fn scan(
-        &self,
-        window: TimeWindow,
-        prefilter: &SpanFilter<'_>,
-        visit: &mut TraceVisit<'_>,
-    ) -> Result<ScanStats, StoreError> {
-        self.scan_terms(window, &[], prefilter, visit)
-    }
-
     fn scan_terms(
         &self,
         window: TimeWindow,
@@ -882,15 +873,6 @@ impl TraceReader for MultiReader {
             1 => parts.into_iter().next(),
             _ => Some(merge_traces(parts)),
         })
-    }
-
-    fn scan(
-        &self,
-        window: TimeWindow,
-        prefilter: &SpanFilter<'_>,
-        visit: &mut TraceVisit<'_>,
-    ) -> Result<ScanStats, StoreError> {
-        self.scan_terms(window, &[], prefilter, visit)
     }
 
     /// Every reader scans at once on its own thread (with the terms as their prefilter); the

@@ -843,15 +843,6 @@ impl TraceReader for SledStore {
         Ok(Some(spans))
     }
 
-    fn scan(
-        &self,
-        window: TimeWindow,
-        prefilter: &SpanFilter<'_>,
-        visit: &mut TraceVisit<'_>,
-    ) -> Result<ScanStats, StoreError> {
-        self.scan_terms(window, &[], prefilter, visit)
-    }
-
     fn scan_terms(
         &self,
         window: TimeWindow,

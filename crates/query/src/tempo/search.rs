@@ -401,9 +401,10 @@ mod traceql_scan_tests {
             Ok(None)
         }
 
-        fn scan(
+        fn scan_terms(
             &self,
             _: TimeWindow,
+            _: &[sextant_store::Term],
             prefilter: &SpanFilter<'_>,
             visit: &mut TraceVisit<'_>,
         ) -> Result<ScanStats, StoreError> {
