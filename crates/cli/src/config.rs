@@ -33,6 +33,8 @@ pub struct StoreExporterConfig {
     pub block_retention: std::time::Duration,
     /// How blocks are cut and compacted, and where they are kept.
     pub blocks: BlocksSection,
+    /// What one trace and one attribute value may hold.
+    pub limits: LimitsSection,
 }
 
 impl Default for StoreExporterConfig {
@@ -43,7 +45,56 @@ impl Default for StoreExporterConfig {
             compression_level: -1,
             block_retention: sextant_store::BlocksConfig::default().retention,
             blocks: BlocksSection::default(),
+            limits: LimitsSection::default(),
         }
+    }
+}
+
+/// `exporters: store: limits:` (0 turns a limit off).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// The most bytes (of span protobuf) a trace may have in the write-ahead log; spans that
+    /// would take it over are refused (Tempo's `max_bytes_per_trace`).
+    pub max_bytes_per_trace: u64,
+    /// The most spans a trace may have in the write-ahead log.
+    pub max_spans_per_trace: u64,
+    /// String attribute values longer than this (bytes) are truncated and marked
+    /// (Tempo's `max_attribute_bytes`).
+    pub max_attribute_value_length: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let d = sextant_store::Limits::default();
+        Self {
+            max_bytes_per_trace: d.max_bytes_per_trace,
+            max_spans_per_trace: d.max_spans_per_trace,
+            max_attribute_value_length: d.max_attribute_value_length,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Refuses values the store cannot honour, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        // Live sizes are counted in 32 bits.
+        let max = u64::from(u32::MAX);
+        for (key, value) in [
+            ("limits.max_bytes_per_trace", self.max_bytes_per_trace),
+            ("limits.max_spans_per_trace", self.max_spans_per_trace),
+            (
+                "limits.max_attribute_value_length",
+                self.max_attribute_value_length,
+            ),
+        ] {
+            if value > max {
+                return Err(format!(
+                    "{key}: {value} is over {max} (0 turns the limit off)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +148,9 @@ impl StoreExporterConfig {
         if let Some(s3) = &self.blocks.s3 {
             c.blocks.backend = sextant_store::BlockBackend::S3(s3.clone());
         }
+        c.limits.max_bytes_per_trace = self.limits.max_bytes_per_trace;
+        c.limits.max_spans_per_trace = self.limits.max_spans_per_trace;
+        c.limits.max_attribute_value_length = self.limits.max_attribute_value_length;
         c
     }
 }
@@ -153,7 +207,7 @@ impl Host for AllInOneHost {
                         c.compression_level
                     ));
                 }
-                Ok(())
+                c.limits.check()
             }
             ("extension", ty) => {
                 let c: QueryExtensionConfig = typed(value)?;
@@ -318,6 +372,50 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("c.yaml"), "{e}");
+    }
+
+    #[test]
+    fn store_limits_are_read_overridden_and_checked() {
+        let host = AllInOneHost::default();
+        let doc = load_all_in_one(None, &[], &host).unwrap();
+        let limits = store_config(&doc).unwrap().unwrap().limits;
+        assert_eq!(limits, LimitsSection::default());
+        assert_eq!(limits.max_bytes_per_trace, 5_000_000);
+        assert_eq!(limits.max_attribute_value_length, 2048);
+
+        let doc = load_all_in_one(
+            None,
+            &[Override::new(
+                &["exporters", "store", "limits", "max_spans_per_trace"],
+                10,
+            )],
+            &host,
+        )
+        .unwrap();
+        let store = store_config(&doc).unwrap().unwrap().store_config();
+        assert_eq!(store.limits.max_spans_per_trace, 10);
+        assert_eq!(store.limits.max_bytes_per_trace, 5_000_000);
+
+        for (value, key) in [
+            ("max_spans_per_trace: -1", "max_spans_per_trace"),
+            ("max_spans_per_trace: lots", "max_spans_per_trace"),
+            ("max_spans_per_trace: 9999999999", "max_spans_per_trace"),
+        ] {
+            let e = load_with(("max_spans_per_trace: 0", value))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("exporters.store.limits.{key}")),
+                "{value}: {e}"
+            );
+        }
+        let e = load_with((
+            "max_attribute_value_length: 2048",
+            "max_attribute_value_length: 2048\n      max_value_length: 3",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max_value_length"), "{e}");
     }
 
     fn load_with(replace: (&str, &str)) -> anyhow::Result<Document> {

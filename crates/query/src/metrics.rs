@@ -160,6 +160,33 @@ impl Collector for StoreCollector {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
+        // The store's write limits: spans refused, by the limit, and values truncated.
+        let limits = self.reader.limit_stats();
+        let discarded = [
+            ("trace_too_large", limits.discarded_trace_too_large),
+            (
+                "trace_too_many_spans",
+                limits.discarded_trace_too_many_spans,
+            ),
+        ];
+        let mut metric = encoder.encode_descriptor(
+            "sextant_store_discarded_spans",
+            "Spans the store refused, by reason (trace_too_large: over max_bytes_per_trace; trace_too_many_spans: over max_spans_per_trace)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, value) in discarded {
+            let labels = [("reason", reason)];
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+        let truncated = ConstCounter::new(limits.truncated_attributes);
+        let metric = encoder.encode_descriptor(
+            "sextant_store_truncated_attributes",
+            "Attributes whose string value the store truncated to max_attribute_value_length",
+            None,
+            truncated.metric_type(),
+        )?;
+        truncated.encode(metric)?;
         let gauges = [
             (
                 "sextant_store_bytes_on_disk",
@@ -176,6 +203,11 @@ impl Collector for StoreCollector {
                 "sextant_store_wal_spans",
                 "Spans in the write-ahead log, not cut into blocks yet",
                 stats.wal_spans,
+            ),
+            (
+                "sextant_store_live_traces",
+                "Traces in the write-ahead log whose size the store counts for its trace limits",
+                limits.tracked_traces,
             ),
         ];
         for (name, help, value) in gauges {

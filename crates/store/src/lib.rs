@@ -14,6 +14,7 @@ mod blocks;
 mod blockstore;
 mod encode;
 mod error;
+mod limits;
 mod query;
 pub mod remote;
 mod sled_store;
@@ -23,6 +24,7 @@ pub use block::{Term, MAX_TERM_VALUE};
 pub use blocks::{BlockBackend, BlockInfo, BlockStats, BlocksConfig, CompactionReport};
 pub use blockstore::{BlockStore, LocalBlockStore, ObjectInfo, S3BlockStore, S3Config};
 pub use error::StoreError;
+pub use limits::{truncate_long_values, LimitStats, Limits, TRUNCATED_ATTRIBUTES};
 pub use query::{Condition, Matcher};
 pub use sled_store::{dir_size, SledStore, StoreConfig, MAX_VALUES_PER_TAG};
 pub use types::*;
@@ -52,7 +54,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The write side of a store.
 pub trait SpanWriter: Send + Sync {
     /// Writes a batch. Resolves once every accepted span is durable; spans that cannot be
-    /// stored (an invalid trace id) are counted in the receipt, never silently dropped.
+    /// stored (an invalid trace id, a trace over a [`Limits`] size limit) are counted in the
+    /// receipt, with a message naming the first, never silently dropped.
     fn write(&self, batch: SpanBatch) -> BoxFuture<'_, Result<WriteReceipt, StoreError>>;
 }
 
@@ -99,4 +102,10 @@ pub trait TraceReader: Send + Sync {
 
     /// Figures for `/metrics` and benchmarks.
     fn stats(&self) -> StoreStats;
+
+    /// What the store's write limits refused and truncated, for `/metrics` (a store without
+    /// limits, or one reached over the network, reports zeros).
+    fn limit_stats(&self) -> LimitStats {
+        LimitStats::default()
+    }
 }

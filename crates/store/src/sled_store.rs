@@ -10,6 +10,11 @@
 //!
 //! One writer thread owns every insert and the fsync (group commit): it takes all writes that
 //! are waiting, inserts them, flushes once, then acknowledges each of them.
+//!
+//! Before a write is encoded, [`crate::limits`] truncates long attribute values and refuses
+//! the traces that would exceed a size limit; the live size of each trace in the log is kept
+//! in memory, given back when a cut moves the trace's spans into a block, and rebuilt from the
+//! log on open.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,6 +38,7 @@ use crate::blocks::{
 use crate::blockstore::{BlockStore, LocalBlockStore, S3BlockStore};
 use crate::encode;
 use crate::error::StoreError;
+use crate::limits::{LimitStats, Limits, TraceLimiter, TraceSizes};
 use crate::query::Matcher;
 use crate::types::*;
 use crate::{BoxFuture, ScanStats, SpanFilter, SpanWriter, TraceReader, TraceVisit};
@@ -61,6 +67,8 @@ pub struct StoreConfig {
     pub compression_level: i32,
     /// Blocks: where they live, when they are cut, compacted and expired.
     pub blocks: BlocksConfig,
+    /// Limits on what a write may store (trace size, attribute value length).
+    pub limits: Limits,
 }
 
 impl StoreConfig {
@@ -70,6 +78,7 @@ impl StoreConfig {
             cache_capacity: 64 * 1024 * 1024,
             compression_level: -1,
             blocks: BlocksConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -103,6 +112,8 @@ struct Inner {
     stored_through: Arc<AtomicU64>,
     /// The background thread cutting, compacting and expiring blocks, and how to stop it.
     maintenance: Mutex<Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>>,
+    /// The write limits, and the live size of the traces in the log.
+    limiter: TraceLimiter,
 }
 
 struct Job {
@@ -294,6 +305,10 @@ impl SledStore {
         let wal_spans = Arc::new(AtomicU64::new(finish_interrupted_cut(
             &batches, &traces, wal_start,
         )?));
+        let limiter = TraceLimiter::new(config.limits);
+        if config.limits.tracks_traces() {
+            limiter.add_existing(&live_trace_sizes(&batches, wal_start)?);
+        }
         let last_stored = match batches.last()? {
             Some((k, _)) => <[u8; 8]>::try_from(k.as_ref()).map_or(0, u64::from_be_bytes),
             None => 0,
@@ -315,6 +330,7 @@ impl SledStore {
             blocks = block_set.snapshot().len(),
             backend = %block_set.backend.describe(),
             wal_spans = wal_spans.load(Ordering::Relaxed),
+            live_traces = limiter.stats().tracked_traces,
             "store opened"
         );
         let store = Self {
@@ -334,6 +350,7 @@ impl SledStore {
                 wal_start: AtomicU64::new(wal_start),
                 stored_through,
                 maintenance: Mutex::new(None),
+                limiter,
             }),
         };
         store.start_maintenance()?;
@@ -462,6 +479,9 @@ impl SledStore {
         let mut cut: Vec<([u8; 8], Vec<TraceId>)> = Vec::new();
         let (mut spans, mut newest, mut last_seq) = (0u64, 0u64, 0u64);
         let stable = inner.stored_through.load(Ordering::Acquire).to_be_bytes();
+        // The live size the cut spans give back to their traces.
+        let tracks = inner.limiter.limits().tracks_traces();
+        let mut released = TraceSizes::default();
         for item in inner.batches.range(live.start..=stable) {
             let (k, v) = item?;
             let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
@@ -483,6 +503,12 @@ impl SledStore {
             })?;
             let mut ids = Vec::with_capacity(split.len());
             for (id, data) in split {
+                if tracks {
+                    released.add_data(&data).map_err(|e| StoreError::Corrupt {
+                        key: hex_key(&seq),
+                        problem: format!("bad protobuf: {e}"),
+                    })?;
+                }
                 parts.entry(id).or_default().push(data);
                 ids.push(id);
             }
@@ -528,6 +554,8 @@ impl SledStore {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
                 Some(w.saturating_sub(spans))
             });
+        // Like Tempo's live traces: once cut, a trace's size counts from zero again.
+        inner.limiter.release(&released);
         inner.blocks.counters.cuts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             block = %id,
@@ -570,6 +598,32 @@ impl SledStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        // Long values truncated, traces over a size limit refused, the others' size reserved.
+        let limited = self.inner.limiter.apply(batch)?;
+        let reserved = limited.reserved;
+        let result = self
+            .store_limited(
+                limited.batch,
+                arrival_ns,
+                limited.rejected_spans,
+                limited.rejection,
+            )
+            .await;
+        if result.as_ref().map_or(true, |r| r.accepted_spans == 0) {
+            // Nothing of it is in the log: the reserved size is not live.
+            self.inner.limiter.release(&reserved);
+        }
+        result
+    }
+
+    /// Stores what the limits left of a write; `rejected` spans were refused already.
+    async fn store_limited(
+        &self,
+        batch: SpanBatch,
+        arrival_ns: u64,
+        rejected: u64,
+        rejection: String,
+    ) -> Result<WriteReceipt, StoreError> {
         let encoded = {
             // One read lock for the whole scan; new tags are inserted after it.
             let tags = self.inner.tags.read();
@@ -586,10 +640,15 @@ impl SledStore {
             }
         }
         let accepted = encoded.meta.span_count as u64;
+        let rejection = match (rejection.is_empty(), encoded.rejection.is_empty()) {
+            (_, true) => rejection,
+            (true, false) => encoded.rejection,
+            (false, false) => format!("{rejection}; {}", encoded.rejection),
+        };
         let receipt = WriteReceipt {
             accepted_spans: accepted,
-            rejected_spans: encoded.rejected_spans,
-            rejection: encoded.rejection,
+            rejected_spans: encoded.rejected_spans + rejected,
+            rejection,
         };
         if accepted == 0 && new_tags.is_empty() {
             return Ok(receipt);
@@ -763,6 +822,24 @@ fn finish_interrupted_cut(
         spans += encode::decode_meta(&k, &v)?.0.span_count as u64;
     }
     Ok(spans)
+}
+
+/// The bytes and spans per trace of the writes in the log (from `wal_start` on).
+fn live_trace_sizes(batches: &sled::Tree, wal_start: u64) -> Result<TraceSizes, StoreError> {
+    let mut sizes = TraceSizes::default();
+    for item in batches.range(wal_start.to_be_bytes()..) {
+        let (k, v) = item?;
+        let (_, payload) = encode::decode_meta(&k, &v)?;
+        let raw = zstd::stream::decode_all(payload).map_err(|e| StoreError::Corrupt {
+            key: hex_key(&k),
+            problem: format!("bad compression: {e}"),
+        })?;
+        sizes.add_data(&raw).map_err(|e| StoreError::Corrupt {
+            key: hex_key(&k),
+            problem: format!("bad protobuf: {e}"),
+        })?;
+    }
+    Ok(sizes)
 }
 
 fn writer_loop(
@@ -1030,6 +1107,10 @@ impl TraceReader for SledStore {
             blocks_expired: b.expired,
             blocks_quarantined: b.quarantined,
         }
+    }
+
+    fn limit_stats(&self) -> LimitStats {
+        self.inner.limiter.stats()
     }
 }
 
