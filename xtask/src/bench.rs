@@ -7,9 +7,9 @@
 //! `collector` (in `bench_collector`) measures `sextant collector` forwarding to a null sink,
 //! plain, with tail sampling and with redaction.
 //!
-//! `sdk` measures what `sextant-sdk` costs an axum service: the same service plain and
-//! instrumented (a server span per request, batch-exported over OTLP/gRPC to a
-//! `sextant null-server`), in alternating rounds of one run.
+//! `sdk` (in `bench_sdk`) measures what `sextant-sdk` costs an axum service served over TCP:
+//! the same service plain and instrumented, in alternating rounds of one run, with the system
+//! allocator and mimalloc, exporting over OTLP/gRPC and OTLP/HTTP to a `sextant null-server`.
 //!
 //! `store` (in `bench_store`) measures the storage engine in one process over `--spans N`
 //! spans (default 10 M): durable ingest against a durable-append floor, bytes on disk, trace by
@@ -112,7 +112,7 @@ pub fn run(args: &[String]) -> Result<()> {
         match name {
             "ingest" => ingest(&opts)?,
             "collector" => crate::bench_collector::run(&opts)?,
-            "sdk" => sdk()?,
+            "sdk" => crate::bench_sdk::sdk()?,
             "store" => crate::bench_store::run(&opts)?,
             "query" => crate::bench_query::run(&opts)?,
             _ => unreachable!("checked against KNOWN"),
@@ -268,84 +268,6 @@ fn ingest(opts: &Options) -> Result<()> {
     fs::write(&out, format!("{report:#}\n"))
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("  report written to {}", out.display());
-    Ok(())
-}
-
-/// Targets of the sdk benchmark.
-const TARGET_SDK_US_PER_SPAN: f64 = 2.0;
-const TARGET_SDK_LOSS_PCT: f64 = 5.0;
-
-fn sdk() -> Result<()> {
-    println!("==> cargo build --release -p sextant-cli, and the sdk's overhead example");
-    util::run(cargo().args(["build", "--release", "-p", "sextant-cli"]))?;
-    util::run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "sextant-sdk",
-        "--example",
-        "overhead",
-    ]))?;
-    let bin = target_dir().join("release").join("sextant");
-    let example = target_dir()
-        .join("release")
-        .join("examples")
-        .join("overhead");
-    let scratch = TempDir::new("sextant-bench-sdk")?;
-    let (mut server, _lines, addr) = start_null_server(&bin, scratch.path())?;
-    println!("\n==> overhead example -> http://{addr}");
-    let out = Command::new(&example)
-        .args(["--endpoint", &format!("http://{addr}")])
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", example.display()))?;
-    server.terminate(SHUTDOWN_TIMEOUT)?;
-    if !out.status.success() {
-        bail!("the overhead example failed with {}", out.status);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .context("the overhead example printed no JSON report")?;
-    let cost = num(&report, "cost_per_span_us");
-    let loss = num(&report, "throughput_loss_percent");
-    let check = |ok: bool| if ok { "ok" } else { "MISSED" };
-    let cores = util::nproc();
-    println!();
-    println!(
-        "sdk benchmark: one process drives an axum service in-process, plain and instrumented in alternating rounds \
-         (CPU time of the whole process, the exporter's threads included; the null-server receiving the spans is \
-         another process on the same {cores} cores)"
-    );
-    println!("{:<40}{:>12}   target", "", "value");
-    println!(
-        "{:<40}{:>9.2} µs",
-        "  plain, CPU per request",
-        num(&report, "plain_cpu_us_per_request")
-    );
-    println!(
-        "{:<40}{:>9.2} µs",
-        "  instrumented, CPU per request",
-        num(&report, "instrumented_cpu_us_per_request")
-    );
-    println!(
-        "{:<40}{:>9.2} µs   <= {TARGET_SDK_US_PER_SPAN} µs   {}",
-        "  cost per span",
-        cost,
-        check(cost <= TARGET_SDK_US_PER_SPAN)
-    );
-    println!(
-        "{:<40}{:>9.1} %    <= {TARGET_SDK_LOSS_PCT} %    {}",
-        "  throughput loss",
-        loss,
-        check(loss <= TARGET_SDK_LOSS_PCT)
-    );
-    let dir = target_dir().join("bench");
-    fs::create_dir_all(&dir)?;
-    fs::write(dir.join("sdk.json"), serde_json::to_string_pretty(&report)?)?;
-    println!("  report written to {}", dir.join("sdk.json").display());
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_collector;
 mod bench_query;
+mod bench_sdk;
 mod bench_store;
 mod ci;
 mod codegen;

@@ -24,6 +24,10 @@ pub struct NullServerArgs {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:4317")]
     pub addr: SocketAddr,
+    /// Also receive OTLP/HTTP protobuf (`POST /v1/traces`) on this address (the bound address
+    /// is printed as `null-server http listening on ADDR`).
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
 }
 
 #[derive(Default)]
@@ -59,6 +63,20 @@ pub async fn run(args: NullServerArgs) -> anyhow::Result<()> {
     println!("null-server listening on {local}");
 
     let counters = Arc::new(Counters::default());
+    if let Some(addr) = args.http_addr {
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        println!(
+            "null-server http listening on {}",
+            http.local_addr().context("no local address")?
+        );
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(http_export))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
+            .with_state(counters.clone());
+        tokio::spawn(async move { axum::serve(http, app).await });
+    }
     let service = TraceServiceServer::new(NullTraceService {
         counters: counters.clone(),
     })
@@ -82,6 +100,35 @@ pub async fn run(args: NullServerArgs) -> anyhow::Result<()> {
         counters.requests.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// `POST /v1/traces` with a protobuf body: decoded, counted, dropped.
+async fn http_export(
+    axum::extract::State(counters): axum::extract::State<Arc<Counters>>,
+    body: axum::body::Bytes,
+) -> (
+    axum::http::StatusCode,
+    [(&'static str, &'static str); 1],
+    Vec<u8>,
+) {
+    use prost::Message as _;
+    match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => {
+            let spans = sextant_otlp_proto::span_count(&request.resource_spans) as u64;
+            counters.spans.fetch_add(spans, Ordering::Relaxed);
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+            (
+                axum::http::StatusCode::OK,
+                [("content-type", "application/x-protobuf")],
+                ExportTraceServiceResponse::default().encode_to_vec(),
+            )
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            [("content-type", "text/plain")],
+            format!("bad ExportTraceServiceRequest: {e}").into_bytes(),
+        ),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

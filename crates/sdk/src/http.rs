@@ -8,23 +8,27 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use tower::{Layer, Service};
 
 use crate::propagation::{CorrelationId, HeaderExtractor, HeaderInjector, CORRELATION_HEADER};
 
+/// Starts a span from a builder under a parent and returns the parent with the span.
+type StartSpan = dyn Fn(SpanBuilder, &Context) -> Context + Send + Sync;
+
 /// The tracer and propagator used by the layers: the global ones unless given.
 #[derive(Clone, Default)]
 struct Telemetry {
-    tracer: Option<Arc<BoxedTracer>>,
+    /// The given tracer, behind a closure so that its span type is kept (a `BoxedTracer` would
+    /// box every span once more than `Context::with_span` does).
+    tracer: Option<Arc<StartSpan>>,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
 }
 
@@ -38,38 +42,35 @@ impl std::fmt::Debug for Telemetry {
 }
 
 fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("sextant-sdk")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
+    static SCOPE: OnceLock<InstrumentationScope> = OnceLock::new();
+    SCOPE
+        .get_or_init(|| {
+            InstrumentationScope::builder("sextant-sdk")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build()
+        })
+        .clone()
 }
 
-fn boxed_tracer<T>(tracer: T) -> Arc<BoxedTracer>
+fn span_starter<T>(tracer: T) -> Arc<StartSpan>
 where
     T: Tracer + Send + Sync + 'static,
     T::Span: Send + Sync + 'static,
 {
-    Arc::new(BoxedTracer::new(Box::new(tracer)))
+    Arc::new(move |builder: SpanBuilder, parent: &Context| {
+        parent.with_span(builder.start_with_context(&tracer, parent))
+    })
 }
 
 impl Telemetry {
-    fn start(
-        &self,
-        name: String,
-        kind: SpanKind,
-        attributes: Vec<KeyValue>,
-        parent: &Context,
-    ) -> Context {
-        let build = |t: &BoxedTracer| {
-            t.span_builder(name)
-                .with_kind(kind)
-                .with_attributes(attributes)
-                .start_with_context(t, parent)
-        };
-        let span = match &self.tracer {
-            Some(t) => build(t),
-            None => build(&opentelemetry::global::tracer_with_scope(scope())),
-        };
-        parent.with_span(span)
+    fn start(&self, builder: SpanBuilder, parent: &Context) -> Context {
+        match &self.tracer {
+            Some(start) => start(builder, parent),
+            None => {
+                let t = opentelemetry::global::tracer_with_scope(scope());
+                parent.with_span(builder.start_with_context(&t, parent))
+            }
+        }
     }
 
     fn extract(&self, headers: &HeaderMap) -> Context {
@@ -109,21 +110,18 @@ fn protocol_version(v: Version) -> Option<&'static str> {
     })
 }
 
-fn host_and_port(host: &str) -> (String, Option<i64>) {
+fn host_and_port(host: &str) -> (&str, Option<i64>) {
     // [v6]:port, host:port, host
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((h, p)) = rest.split_once(']') {
-            return (
-                h.to_string(),
-                p.strip_prefix(':').and_then(|p| p.parse().ok()),
-            );
+            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
         }
     }
     match host.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => {
-            (h.to_string(), p.parse().ok())
+            (h, p.parse().ok())
         }
-        _ => (host.to_string(), None),
+        _ => (host, None),
     }
 }
 
@@ -154,7 +152,8 @@ pub struct Route(pub String);
 ///   `user_agent.original`, `network.protocol.version`, `correlation.id`;
 /// * status error for 5xx responses and for service errors;
 /// * parent extracted from the headers with the global propagator (or [`SextantLayer::with_propagator`]);
-/// * `X-Correlation-ID` read from the request or generated, echoed in the response.
+/// * `X-Correlation-ID` read from the request (else the request's trace id is its correlation
+///   id), recorded as `correlation.id` and echoed in the response.
 ///
 /// The span ends when the response head is ready (streaming bodies are not timed).
 #[derive(Clone, Debug, Default)]
@@ -174,7 +173,7 @@ impl SextantLayer {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        self.telemetry.tracer = Some(boxed_tracer(tracer));
+        self.telemetry.tracer = Some(span_starter(tracer));
         self
     }
 
@@ -220,25 +219,22 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let parent = self.telemetry.extract(req.headers());
-        let correlation = req
+        let given = req
             .headers()
             .get(CORRELATION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(|v| CorrelationId(v.to_string()))
-            .unwrap_or_else(CorrelationId::generate);
+            .map(CorrelationId::from);
 
-        let method = req.method().as_str().to_string();
-        let path = req.uri().path().to_string();
+        let method = method_value(req.method());
+        let path = req.uri().path();
         let route = matched_path(&req);
-        let name = format!("{method} {}", route.as_deref().unwrap_or(&path));
+        let name = span_name(method.as_str(), route.as_deref().unwrap_or(path));
 
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("url.path", path),
-            KeyValue::new("correlation.id", correlation.0.clone()),
-        ];
+        let mut attrs = Vec::with_capacity(12);
+        attrs.push(KeyValue::new("http.request.method", method));
+        attrs.push(KeyValue::new("url.path", path.to_string()));
         if let Some(route) = route {
             attrs.push(KeyValue::new("http.route", route));
         }
@@ -249,11 +245,15 @@ where
             .headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+            .map(std::borrow::Cow::Borrowed)
+            .or_else(|| {
+                req.uri()
+                    .authority()
+                    .map(|a| std::borrow::Cow::Owned(a.to_string()))
+            });
         if let Some(host) = host {
             let (address, port) = host_and_port(&host);
-            attrs.push(KeyValue::new("server.address", address));
+            attrs.push(KeyValue::new("server.address", address.to_string()));
             if let Some(port) = port {
                 attrs.push(KeyValue::new("server.port", port));
             }
@@ -272,10 +272,16 @@ where
             attrs.push(KeyValue::new("url.query", q.to_string()));
         }
 
-        let cx = self
-            .telemetry
-            .start(name, SpanKind::Server, attrs, &parent)
-            .with_value(correlation.clone());
+        // A request without a correlation id gets its trace id as one (no id of its own to
+        // generate, and one that leads straight to the trace).
+        let builder = SpanBuilder::from_name(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attrs);
+        let cx = self.telemetry.start(builder, &parent);
+        let correlation = given.unwrap_or_else(|| CorrelationId::of_trace(&cx));
+        cx.span()
+            .set_attribute(KeyValue::new("correlation.id", correlation.as_value()));
+        let cx = cx.with_value(correlation.clone());
 
         let fut = {
             let _guard = cx.clone().attach();
@@ -305,7 +311,7 @@ where
                 }
                 span.end();
                 result.map(|mut resp| {
-                    if let Ok(v) = HeaderValue::from_str(&correlation.0) {
+                    if let Ok(v) = HeaderValue::from_str(correlation.as_str()) {
                         resp.headers_mut().insert(CORRELATION_HEADER, v);
                     }
                     resp
@@ -314,6 +320,32 @@ where
             .with_context(cx),
         )
     }
+}
+
+/// The method as an attribute value: the standard ones without an allocation.
+fn method_value(m: &Method) -> opentelemetry::StringValue {
+    let s: &'static str = match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return m.as_str().to_string().into(),
+    };
+    s.into()
+}
+
+/// `METHOD /route`, in one allocation of the exact size.
+fn span_name(method: &str, route: &str) -> String {
+    let mut name = String::with_capacity(method.len() + 1 + route.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(route);
+    name
 }
 
 // ---------------------------------------------------------------------------
@@ -340,7 +372,7 @@ pub struct ClientSpan {
 
 fn client_attrs(method: &Method, url: &str) -> Vec<KeyValue> {
     let mut attrs = vec![
-        KeyValue::new("http.request.method", method.as_str().to_string()),
+        KeyValue::new("http.request.method", method_value(method)),
         KeyValue::new("url.full", url.to_string()),
     ];
     if let Ok(uri) = url.parse::<http::Uri>() {
@@ -372,12 +404,10 @@ impl ClientSpan {
     }
 
     fn start_inner(telemetry: Telemetry, parent: &Context, method: &Method, url: &str) -> Self {
-        let cx = telemetry.start(
-            method.as_str().to_string(),
-            SpanKind::Client,
-            client_attrs(method, url),
-            parent,
-        );
+        let builder = SpanBuilder::from_name(method.as_str().to_string())
+            .with_kind(SpanKind::Client)
+            .with_attributes(client_attrs(method, url));
+        let cx = telemetry.start(builder, parent);
         ClientSpan {
             cx,
             telemetry,
@@ -451,7 +481,7 @@ impl ClientLayer {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        self.telemetry.tracer = Some(boxed_tracer(tracer));
+        self.telemetry.tracer = Some(span_starter(tracer));
         self
     }
 
@@ -659,7 +689,9 @@ mod tests {
             attr(&spans[0], "http.response.status_code").as_deref(),
             Some("500")
         );
-        assert_eq!(attr(&spans[0], "correlation.id"), Some(generated));
+        assert_eq!(attr(&spans[0], "correlation.id"), Some(generated.clone()));
+        // A request without a correlation id gets its trace id as one.
+        assert_eq!(spans[0].span_context.trace_id().to_string(), generated);
         assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
         // 4xx is not a server error.
         assert_eq!(spans[1].status, Status::Unset);
@@ -746,8 +778,8 @@ mod tests {
 
     #[test]
     fn host_parsing() {
-        assert_eq!(host_and_port("a.b:80"), ("a.b".to_string(), Some(80)));
-        assert_eq!(host_and_port("a.b"), ("a.b".to_string(), None));
-        assert_eq!(host_and_port("[::1]:3000"), ("::1".to_string(), Some(3000)));
+        assert_eq!(host_and_port("a.b:80"), ("a.b", Some(80)));
+        assert_eq!(host_and_port("a.b"), ("a.b", None));
+        assert_eq!(host_and_port("[::1]:3000"), ("::1", Some(3000)));
     }
 }

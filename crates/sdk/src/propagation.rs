@@ -3,7 +3,7 @@
 //! [`http::HeaderMap`] or any string map (a job's headers), and the
 //! `X-Correlation-ID` convention.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::baggage::BaggageExt;
@@ -20,21 +20,59 @@ use crate::config::PropagatorKind;
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
 /// A correlation id carried in a [`Context`] (set by the server layer,
-/// injected as `x-correlation-id` by [`inject_context`]).
+/// injected as `x-correlation-id` by [`inject_context`]). Shared, not copied,
+/// by the context, the span attribute and the response header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CorrelationId(pub String);
+pub struct CorrelationId(pub Arc<str>);
 
 impl CorrelationId {
     /// A new random id (32 lowercase hex digits, UUID-sized).
     pub fn generate() -> Self {
         use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
-        let id = RandomIdGenerator::default().new_trace_id();
-        CorrelationId(format!("{id:032x}"))
+        Self::hex(RandomIdGenerator::default().new_trace_id())
+    }
+
+    /// The id given to a request that came without one: the trace id of its span in `cx`
+    /// (32 lowercase hex digits), or a random id when `cx` has no valid span.
+    pub fn of_trace(cx: &Context) -> Self {
+        let id = cx.span().span_context().trace_id();
+        if id == TraceId::INVALID {
+            Self::generate()
+        } else {
+            Self::hex(id)
+        }
+    }
+
+    fn hex(id: TraceId) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, b) in id.to_bytes().iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        // Hex digits are ASCII.
+        CorrelationId(Arc::from(std::str::from_utf8(&out).unwrap_or_default()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id as an attribute value (shared, not copied).
+    pub fn as_value(&self) -> opentelemetry::StringValue {
+        self.0.clone().into()
     }
 
     /// The correlation id of a context, if any.
     pub fn of(cx: &Context) -> Option<&str> {
-        cx.get::<CorrelationId>().map(|c| c.0.as_str())
+        cx.get::<CorrelationId>().map(|c| c.as_str())
+    }
+}
+
+impl From<&str> for CorrelationId {
+    fn from(id: &str) -> Self {
+        CorrelationId(Arc::from(id))
     }
 }
 
@@ -110,9 +148,7 @@ fn inject_correlation(cx: &Context, injector: &mut dyn Injector) {
 
 fn extract_correlation(cx: Context, extractor: &dyn Extractor) -> Context {
     match extractor.get(CORRELATION_HEADER).map(str::trim) {
-        Some(id) if !id.is_empty() && id.len() <= 128 => {
-            cx.with_value(CorrelationId(id.to_string()))
-        }
+        Some(id) if !id.is_empty() && id.len() <= 128 => cx.with_value(CorrelationId::from(id)),
         _ => cx,
     }
 }
