@@ -181,7 +181,8 @@ fn process_cpu_seconds() -> f64 {
 }
 
 const WORKER: &str = "service-worker";
-const EXPORT_RT: &str = "otlp-export";
+/// The thread of the SDK's gRPC exporter.
+const EXPORT_RT: &str = "sextant-otlp";
 
 /// `overhead serve`: the service, plain and instrumented, and an admin port.
 fn serve(args: &[String]) -> Result<(), Error> {
@@ -191,23 +192,15 @@ fn serve(args: &[String]) -> Result<(), Error> {
         Some("http/protobuf") => sextant_sdk::Protocol::HttpProtobuf,
         Some(p) => return Err(format!("--protocol {p}: grpc or http/protobuf").into()),
     };
-    // The exporter's gRPC client runs on a runtime of its own, so that its I/O is not counted
-    // as the service's request path (and does not compete for the service's workers).
-    let export_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(EXPORT_RT)
-        .enable_all()
+    // The SDK's gRPC client runs on a runtime thread of its own (`sextant-otlp`), so its I/O
+    // is counted as export, not as the service's request path.
+    let pipeline = sextant_sdk::Sdk::builder()
+        .with_vars(Vec::<(String, String)>::new())
+        .service_name("overhead-bench")
+        .endpoint(endpoint)
+        .protocol(protocol)
+        .sample_ratio(1.0)
         .build()?;
-    let pipeline = {
-        let _enter = export_rt.enter();
-        sextant_sdk::Sdk::builder()
-            .with_vars(Vec::<(String, String)>::new())
-            .service_name("overhead-bench")
-            .endpoint(endpoint)
-            .protocol(protocol)
-            .sample_ratio(1.0)
-            .build()?
-    };
     let sextant_sdk::Pipeline {
         provider,
         propagator,

@@ -34,11 +34,13 @@
 //! Kubernetes downward-API variables of [`resource`]. Code-level settings win
 //! over the environment.
 //!
-//! ## Runtime
-//! The gRPC exporter needs a Tokio runtime: call `init()` inside it, and let
-//! the guard drop on a multi-threaded runtime (the default of `#[tokio::main]`);
-//! spans are exported from a background thread, so a collector that is down
-//! never blocks requests, and shutdown is bounded by [`SdkBuilder::shutdown_timeout`].
+//! ## Threads
+//! Spans are batched and exported from the batch processor's thread; the gRPC
+//! exporter's client runs on a Tokio runtime of its own (one thread,
+//! `sextant-otlp`), never on the application's workers, so `init()` works with
+//! or without Tokio and on any runtime flavour. A collector that is down never
+//! blocks requests (a bounded queue; spans beyond it are dropped), and shutdown
+//! is bounded by [`SdkBuilder::shutdown_timeout`].
 
 #![warn(missing_docs)]
 
@@ -77,9 +79,6 @@ pub enum Error {
     /// The OTLP exporter could not be built.
     #[error("could not build the OTLP exporter: {0}")]
     Exporter(String),
-    /// The gRPC exporter was asked for outside a Tokio runtime.
-    #[error("the OTLP/gRPC exporter needs a Tokio runtime: call init() inside #[tokio::main] (or use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf)")]
-    NoRuntime,
     /// `.with_logs(true)` but a global `tracing` subscriber is already set.
     #[error("a global tracing subscriber is already installed: {0}")]
     Subscriber(String),
@@ -360,7 +359,44 @@ impl SdkBuilder {
     }
 }
 
-fn build_otlp_exporter(config: &Config) -> Result<opentelemetry_otlp::SpanExporter, Error> {
+/// The OTLP exporter of opentelemetry-otlp, with, for gRPC, the Tokio runtime its client runs
+/// on: one thread (`sextant-otlp`) of its own, so that export I/O never runs on the
+/// application's workers, an application without Tokio (or on a current-thread runtime that
+/// is busy shutting down) still exports, and the runtime lives exactly as long as the exporter.
+#[derive(Debug)]
+struct OtlpExporter {
+    inner: opentelemetry_otlp::SpanExporter,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl SpanExporter for OtlpExporter {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.export(batch).await
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl Drop for OtlpExporter {
+    fn drop(&mut self) {
+        // Never block here: the last owner may be dropped inside an async context.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn build_otlp_exporter(config: &Config) -> Result<OtlpExporter, Error> {
     let endpoint = config.endpoint.clone();
     if let Some(e) = &endpoint {
         if e.starts_with("https://") {
@@ -374,9 +410,13 @@ fn build_otlp_exporter(config: &Config) -> Result<opentelemetry_otlp::SpanExport
     }
     match config.protocol {
         Protocol::Grpc => {
-            if tokio::runtime::Handle::try_current().is_err() {
-                return Err(Error::NoRuntime);
-            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(1)
+                .thread_name("sextant-otlp")
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Exporter(format!("cannot start the export runtime: {e}")))?;
             let mut headers = ::http::HeaderMap::new();
             for (k, v) in &config.headers {
                 let name = ::http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
@@ -391,15 +431,25 @@ fn build_otlp_exporter(config: &Config) -> Result<opentelemetry_otlp::SpanExport
                 })?;
                 headers.append(name, value);
             }
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.unwrap_or_else(|| "http://localhost:4317".into()))
-                .with_timeout(config.export_timeout)
-                .with_metadata(
-                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers),
-                )
-                .build()
-                .map_err(|e| Error::Exporter(e.to_string()))
+            // The gRPC channel's background task is spawned on the runtime entered here.
+            let inner = {
+                let _enter = runtime.enter();
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.unwrap_or_else(|| "http://localhost:4317".into()))
+                    .with_timeout(config.export_timeout)
+                    .with_metadata(
+                        opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                            headers,
+                        ),
+                    )
+                    .build()
+                    .map_err(|e| Error::Exporter(e.to_string()))?
+            };
+            Ok(OtlpExporter {
+                inner,
+                runtime: Some(runtime),
+            })
         }
         Protocol::HttpProtobuf => {
             let url = match endpoint {
@@ -419,14 +469,18 @@ fn build_otlp_exporter(config: &Config) -> Result<opentelemetry_otlp::SpanExport
             .map_err(|_| Error::Exporter("HTTP client thread panicked".into()))?
             .map_err(|e| Error::Exporter(e.to_string()))?;
             let headers: HashMap<String, String> = config.headers.iter().cloned().collect();
-            opentelemetry_otlp::SpanExporter::builder()
+            let inner = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)
                 .with_endpoint(url)
                 .with_timeout(config.export_timeout)
                 .with_headers(headers)
                 .build()
-                .map_err(|e| Error::Exporter(e.to_string()))
+                .map_err(|e| Error::Exporter(e.to_string()))?;
+            Ok(OtlpExporter {
+                inner,
+                runtime: None,
+            })
         }
     }
 }
@@ -516,20 +570,17 @@ mod tests {
     }
 
     #[test]
-    fn grpc_needs_runtime() {
-        let err = Sdk::builder()
-            .with_vars(Vec::<(String, String)>::new())
-            .build()
-            .unwrap_err();
-        assert!(matches!(err, Error::NoRuntime));
-        // HTTP works without a runtime.
-        let p = Sdk::builder()
-            .with_vars([("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
-            .build()
-            .unwrap();
-        p.provider
-            .shutdown_with_timeout(Duration::from_secs(2))
-            .ok();
+    fn builds_without_a_runtime() {
+        // gRPC brings its own runtime thread; HTTP uses a blocking client.
+        for vars in [
+            vec![],
+            vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+        ] {
+            let p = Sdk::builder().with_vars(vars).build().unwrap();
+            p.provider
+                .shutdown_with_timeout(Duration::from_secs(2))
+                .ok();
+        }
     }
 
     #[test]

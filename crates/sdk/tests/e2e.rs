@@ -633,3 +633,87 @@ async fn examples_make_one_trace() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits (blocking) until the all-in-one's Tempo API has the trace, with `spans` spans.
+fn wait_for_trace(query: &str, trace_id: &str, spans: usize) {
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = client
+            .get(format!("http://{query}/api/traces/{trace_id}"))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.json::<Value>().ok())
+            .map(|v| {
+                v["batches"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|b| b["scopeSpans"].as_array().into_iter().flatten())
+                    .flat_map(|s| s["spans"].as_array().into_iter().flatten())
+                    .count()
+            })
+            .unwrap_or(0);
+        if got == spans {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace_id}: {got} of {spans} spans after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The gRPC exporter brings its own runtime thread: a program without Tokio exports, and a
+/// guard dropped inside a current-thread runtime neither panics nor loses the last spans.
+#[test]
+fn grpc_exports_without_the_applications_runtime() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    let sextant = AllInOne::start();
+    // No Tokio runtime anywhere on this thread.
+    let pipeline = Sdk::builder()
+        .with_vars(Vec::<(String, String)>::new())
+        .service_name("no-runtime")
+        .endpoint(format!("http://{}", sextant.grpc))
+        .sample_ratio(1.0)
+        .build()
+        .expect("gRPC pipeline without a runtime");
+    let tracer = pipeline.provider.tracer("e2e");
+    let mut span = tracer.start("plain-thread");
+    let trace_id = span.span_context().trace_id().to_string();
+    span.end();
+    pipeline.provider.force_flush().unwrap();
+    wait_for_trace(&sextant.query, &trace_id, 1);
+    pipeline
+        .provider
+        .shutdown_with_timeout(Duration::from_secs(5))
+        .unwrap();
+
+    // A current-thread runtime: the guard is dropped inside async code, while the runtime's
+    // only thread is the one shutting down.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let grpc = sextant.grpc.clone();
+    let trace_id = rt.block_on(async move {
+        let guard = Sdk::builder()
+            .with_vars(Vec::<(String, String)>::new())
+            .service_name("current-thread")
+            .endpoint(format!("http://{grpc}"))
+            .sample_ratio(1.0)
+            .batch_delay(Duration::from_secs(60))
+            .init()
+            .expect("init on a current-thread runtime");
+        let tracer = opentelemetry::global::tracer("e2e");
+        let mut span = tracer.start("current-thread");
+        let id = span.span_context().trace_id().to_string();
+        span.end();
+        // Only the shutdown in the guard's drop can send it (the batch delay is 60 s).
+        drop(guard);
+        id
+    });
+    wait_for_trace(&sextant.query, &trace_id, 1);
+}
