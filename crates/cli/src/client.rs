@@ -401,7 +401,12 @@ pub fn render_series(doc: &serde_json::Value) -> String {
                 None => 0,
             };
             let time = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms));
-            let value = p.get("value").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            // Protobuf JSON leaves a zero value out, and writes NaN and infinities as strings.
+            let value = match p.get("value") {
+                None => 0.0,
+                Some(serde_json::Value::String(v)) => v.parse::<f64>().unwrap_or(f64::NAN),
+                Some(v) => v.as_f64().unwrap_or(f64::NAN),
+            };
             out.push_str(&format!("  {time}  {value}\n"));
         }
     }
@@ -590,9 +595,8 @@ mod deps_tests {
     fn series_render_as_blocks() {
         let doc = serde_json::json!({"series": [
             {"labels": [{"key": "resource.service.name", "value": {"stringValue": "api"}}],
-             "promLabels": "{resource.service.name=\"api\"}",
              "samples": [{"timestampMs": "1700000040000", "value": 0.5},
-                         {"timestampMs": "1700000100000", "value": 0}]},
+                         {"timestampMs": "1700000100000"}]},
             {"labels": [{"key": "p", "value": {"doubleValue": 0.9}}],
              "samples": [{"timestampMs": "1700000040000", "value": 1.25}]}
         ]});

@@ -215,7 +215,12 @@ impl Server {
                             .expect("timestampMs is a string")
                             .parse()
                             .expect("ms");
-                        (ms / 1000 - self.base, p["value"].as_f64().expect("value"))
+                        // Tempo (jsonpb) leaves a zero value out.
+                        let value = match p.get("value") {
+                            None => 0.0,
+                            Some(v) => v.as_f64().expect("value is a number"),
+                        };
+                        (ms / 1000 - self.base, value)
                     })
                     .collect();
                 (Value::Object(labels), samples)
@@ -259,10 +264,12 @@ async fn count_and_rate_by_service() {
             ),
         ]
     );
+    // Tempo's TimeSeries has no promLabels any more (the field is reserved in tempo.proto).
     assert_eq!(
-        v["series"][0]["promLabels"],
-        r#"{resource.service.name="api"}"#
+        v["series"][0]["labels"],
+        json!([{"key": "resource.service.name", "value": {"stringValue": "api"}}])
     );
+    assert_eq!(v["series"][0].get("promLabels"), None);
     assert_eq!(v["series"][0]["samples"][0]["timestampMs"], srv.ms(0));
     assert!(v["metrics"]["inspectedTraces"].as_u64().is_some(), "{v}");
 
@@ -281,7 +288,7 @@ async fn count_and_rate_by_service() {
     let s = srv.series(&v);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].0, json!({"__name__": {"stringValue": "rate"}}));
-    assert_eq!(v["series"][0]["promLabels"], r#"{__name__="rate"}"#);
+    assert_eq!(v["series"][0].get("promLabels"), None);
     assert_eq!(s[0].1[1], (60, 1.0 / 60.0));
 
     // Two by() fields, one of them an intrinsic.
@@ -344,7 +351,7 @@ async fn min_max_and_quantiles_over_duration() {
             ),
         ]
     );
-    assert_eq!(v["series"][0]["promLabels"], r#"{p="0.5"}"#);
+    assert_eq!(v["series"][0].get("promLabels"), None);
 }
 
 #[tokio::test]
@@ -384,16 +391,32 @@ async fn histogram_buckets() {
         .as_array()
         .expect("series")
         .iter()
-        .map(|s| s["promLabels"].as_str().expect("promLabels").to_string())
+        .map(|s| {
+            let pairs: Vec<String> = s["labels"]
+                .as_array()
+                .expect("labels")
+                .iter()
+                .map(|l| {
+                    let v = l["value"].as_object().and_then(|o| o.values().next());
+                    let text = match v {
+                        Some(Value::String(t)) => t.clone(),
+                        Some(other) => other.to_string(),
+                        None => String::new(),
+                    };
+                    format!("{}={text:?}", l["key"].as_str().expect("key"))
+                })
+                .collect();
+            pairs.join(", ")
+        })
         .collect();
     assert_eq!(
         labels,
         [
-            r#"{__bucket="0.067108864", resource.service.name="web"}"#,
-            r#"{__bucket="0.134217728", resource.service.name="api"}"#,
-            r#"{__bucket="0.268435456", resource.service.name="api"}"#,
-            r#"{__bucket="0.536870912", resource.service.name="db"}"#,
-            r#"{__bucket="1.073741824", resource.service.name="web"}"#,
+            r#"resource.service.name="web", __bucket="0.067108864""#,
+            r#"resource.service.name="api", __bucket="0.134217728""#,
+            r#"resource.service.name="api", __bucket="0.268435456""#,
+            r#"resource.service.name="db", __bucket="0.536870912""#,
+            r#"resource.service.name="web", __bucket="1.073741824""#,
         ]
     );
     // The bucket label comes after the by() labels.
@@ -418,7 +441,8 @@ async fn instant_query_gives_one_value_per_series() {
         .map(|s| {
             (
                 s["labels"][0]["value"].clone(),
-                s["value"].as_f64().expect("value"),
+                s.get("value")
+                    .map_or(0.0, |v| v.as_f64().expect("value is a number")),
             )
         })
         .collect();

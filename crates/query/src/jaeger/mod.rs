@@ -9,7 +9,8 @@
 //! | `GET /sampling?service=`, `GET /api/sampling?service=` (remote sampling) | [`sampling`] |
 //!
 //! [`model`] converts OTLP spans to Jaeger's JSON model. The v1 answers are wrapped in
-//! Jaeger's envelope `{"data", "total", "limit", "offset", "errors"}`; errors are
+//! Jaeger's envelope `{"data", "total", "limit", "offset", "errors"}` (`total` is the number of
+//! services or operations, and 0 for traces and dependencies, as Jaeger sets it); errors are
 //! `{"data": null, ..., "errors": [{"code", "msg"}]}` with the HTTP status. The api_v3 answers
 //! are OTLP/JSON; its errors are `{"error": {"httpCode", "message"}}` as Jaeger's gateway
 //! writes them.
@@ -108,15 +109,38 @@ async fn unknown_path(uri: Uri) -> Response {
     }
 }
 
-/// Jaeger's v1 envelope around `data`; `total` is the length of `data` when it is an array.
+/// Jaeger's v1 envelope around `data`, with `total` 0 (as Jaeger answers traces and
+/// dependencies).
 pub(crate) fn envelope(data: Value) -> Response {
+    envelope_with_total(data, 0)
+}
+
+/// Jaeger's v1 envelope around a list whose length is its `total` (as Jaeger answers
+/// services and operations).
+pub(crate) fn counted_envelope(data: Value) -> Response {
     let total = data.as_array().map_or(0, Vec::len);
+    envelope_with_total(data, total)
+}
+
+fn envelope_with_total(data: Value, total: usize) -> Response {
     Json(json!({
         "data": data,
         "total": total,
         "limit": 0,
         "offset": 0,
         "errors": null,
+    }))
+    .into_response()
+}
+
+/// Jaeger's v1 envelope around `data` with per-item `errors` (`null` when there are none).
+pub(crate) fn envelope_with_errors(data: Value, errors: Vec<Value>) -> Response {
+    Json(json!({
+        "data": data,
+        "total": 0,
+        "limit": 0,
+        "offset": 0,
+        "errors": if errors.is_empty() { Value::Null } else { Value::Array(errors) },
     }))
     .into_response()
 }

@@ -1,7 +1,9 @@
 //! OTLP spans to the Jaeger JSON model (what the Jaeger UI and Grafana's Jaeger data source
 //! read), following Jaeger's own OTLP translator:
 //!
-//! * ids are lowercase hex, trace ids always 32 characters, span ids 16;
+//! * ids are lowercase hex, span ids 16 characters, trace ids 32, or 16 when the high 64 bits
+//!   are zero (as Jaeger's `TraceID.String()`);
+//! * `flags` is left out when zero; int64 tags beyond JavaScript's safe integers are strings;
 //! * `startTime` and `duration` are microseconds;
 //! * tags are the scope's `otel.scope.name` / `otel.scope.version`, then the span's attributes,
 //!   then `span.kind` (unless unspecified), `otel.status_code` (`OK` / `ERROR`, unless unset),
@@ -34,6 +36,23 @@ fn id_hex(bytes: &[u8], len: usize) -> String {
     let text = hex(bytes);
     format!("{:0>width$}", text, width = len * 2)
 }
+
+/// A trace id as Jaeger's `model.TraceID.String()` writes it: 16 hex digits when the high 64
+/// bits are zero (a 64-bit id), else 32.
+pub fn jaeger_trace_id(hex_id: &str) -> String {
+    let padded = format!("{hex_id:0>32}");
+    match padded.strip_prefix("0000000000000000") {
+        Some(low) if padded.len() == 32 => low.to_string(),
+        _ => padded,
+    }
+}
+
+fn trace_id_hex(bytes: &[u8]) -> String {
+    jaeger_trace_id(&hex(bytes))
+}
+
+/// Jaeger's UI model writes int64 tags outside JavaScript's safe integer range as strings.
+const JS_MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
 /// Standard base64 with padding (how Go's JSON encodes `[]byte`).
 pub(crate) fn base64(bytes: &[u8]) -> String {
@@ -75,6 +94,11 @@ pub(crate) fn attribute_tag(kv: &KeyValue) -> Value {
         None => string_tag(key, ""),
         Some(any_value::Value::StringValue(s)) => string_tag(key, s),
         Some(any_value::Value::BoolValue(b)) => tag(key, "bool", Value::Bool(*b)),
+        Some(any_value::Value::IntValue(i))
+            if !(-JS_MAX_SAFE_INTEGER..=JS_MAX_SAFE_INTEGER).contains(i) =>
+        {
+            tag(key, "int64", Value::String(i.to_string()))
+        }
         Some(any_value::Value::IntValue(i)) => tag(key, "int64", json!(i)),
         Some(any_value::Value::DoubleValue(d)) => match serde_json::Number::from_f64(*d) {
             Some(n) => tag(key, "float64", Value::Number(n)),
@@ -163,7 +187,7 @@ fn references(span: &Span, trace_id: &str) -> Vec<Value> {
     for link in &span.links {
         refs.push(json!({
             "refType": "FOLLOWS_FROM",
-            "traceID": id_hex(&link.trace_id, 16),
+            "traceID": trace_id_hex(&link.trace_id),
             "spanID": id_hex(&link.span_id, 8),
         }));
     }
@@ -191,13 +215,16 @@ fn micros(ns: u64) -> u64 {
 
 /// One Jaeger span.
 fn span_json(span: &Span, process_id: &str, scope_name: &str, scope_version: &str) -> Value {
-    let trace_id = id_hex(&span.trace_id, 16);
+    let trace_id = trace_id_hex(&span.trace_id);
     let start = micros(span.start_time_unix_nano);
     let duration = micros(span.end_time_unix_nano).saturating_sub(start);
     let mut o = Map::new();
     o.insert("traceID".into(), Value::String(trace_id.clone()));
     o.insert("spanID".into(), Value::String(id_hex(&span.span_id, 8)));
-    o.insert("flags".into(), json!(span.flags & 0xff));
+    // `flags` is `omitempty` in Jaeger's UI model.
+    if span.flags & 0xff != 0 {
+        o.insert("flags".into(), json!(span.flags & 0xff));
+    }
     o.insert("operationName".into(), Value::String(span.name.clone()));
     o.insert(
         "references".into(),
@@ -246,7 +273,7 @@ pub fn trace_json(trace_id: &str, batches: &[ResourceSpans]) -> Value {
         .map(|(i, p)| (format!("p{}", i + 1), p))
         .collect();
     json!({
-        "traceID": trace_id,
+        "traceID": jaeger_trace_id(trace_id),
         "spans": spans,
         "processes": processes,
         "warnings": null,
@@ -279,5 +306,14 @@ mod tests {
         assert_eq!(span_kind(5), "consumer");
         assert_eq!(id_hex(&[0xab], 2), "00ab");
         assert_eq!(hex(&[0x0f, 0xa0]), "0fa0");
+        assert_eq!(jaeger_trace_id("abc"), "0000000000000abc");
+        assert_eq!(
+            jaeger_trace_id("0af7651916cd43dd8448eb211c80319c"),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(
+            jaeger_trace_id("00000000000000010000000000000000"),
+            "00000000000000010000000000000000"
+        );
     }
 }

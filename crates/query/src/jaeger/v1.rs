@@ -6,7 +6,7 @@
 //! * `GET /api/traces?service=&operation=&tags=&start=&end=&minDuration=&maxDuration=&limit=`:
 //!   traces with one span that has the service, the operation (span name), every tag and a
 //!   duration in range. `service` is required unless `traceID` is given (then those traces are
-//!   answered). `tags` is a JSON object (`{"http.method":"GET"}`); `tag=key:value` may also be
+//!   answered, and each id not found is an error `{"msg": "trace not found", "traceID"}`). `tags` is a JSON object (`{"http.method":"GET"}`); `tag=key:value` may also be
 //!   repeated. `start` and `end` are unix microseconds (absent: unbounded), the durations Go
 //!   durations (`1.2s`, `100ms`), `limit` defaults to [`DEFAULT_LIMIT`]. The tags `error`,
 //!   `span.kind` and `otel.status_code`, which the conversion derives from the span's status
@@ -27,7 +27,7 @@ use sextant_otlp_proto::proto::ResourceSpans;
 use sextant_otlp_proto::TraceId;
 use sextant_store::{Condition, SearchQuery, TimeWindow};
 
-use super::{envelope, model, JaegerError};
+use super::{counted_envelope, envelope, model, JaegerError};
 use crate::duration::parse_go_duration;
 use crate::error::QueryError;
 use crate::tempo::blocking;
@@ -69,7 +69,7 @@ fn now_ns() -> u64 {
 /// `GET /api/services`.
 pub(crate) async fn services(State(state): State<QueryState>) -> Result<Response, JaegerError> {
     let names = blocking(&state, |reader| super::service_names(reader)).await?;
-    Ok(envelope(json!(names)))
+    Ok(counted_envelope(json!(names)))
 }
 
 /// `GET /api/services/{service}/operations`.
@@ -84,7 +84,7 @@ pub(crate) async fn service_operations(
     .await?;
     let mut names: Vec<String> = ops.into_iter().map(|(name, _)| name).collect();
     names.dedup();
-    Ok(envelope(json!(names)))
+    Ok(counted_envelope(json!(names)))
 }
 
 /// `GET /api/operations?service=&spanKind=`.
@@ -115,7 +115,7 @@ pub(crate) async fn operations(
         .into_iter()
         .map(|(name, kind)| json!({ "name": name, "spanKind": kind }))
         .collect();
-    Ok(envelope(Value::Array(data)))
+    Ok(counted_envelope(Value::Array(data)))
 }
 
 /// A Jaeger tag as a store condition (derived tags are searched on what they derive from).
@@ -216,19 +216,27 @@ pub(crate) async fn search(
         .map(|(_, v)| TraceId::parse_hex(v))
         .collect::<Result<_, _>>()?;
     if !ids.is_empty() {
-        let traces = blocking(&state, move |reader| {
+        let (traces, missing) = blocking(&state, move |reader| {
             let mut found = Vec::new();
+            let mut missing = Vec::new();
             for id in ids {
-                if let Some(batches) = reader.trace(id, window)? {
-                    if !batches.is_empty() {
-                        found.push((id, batches));
-                    }
+                match reader.trace(id, window)? {
+                    Some(batches) if !batches.is_empty() => found.push((id, batches)),
+                    _ => missing.push(id),
                 }
             }
-            Ok(found)
+            Ok((found, missing))
         })
         .await?;
-        return Ok(envelope(traces_json(traces)));
+        // As Jaeger: each id not found is an error naming it, in a 200 answer.
+        let errors: Vec<Value> = missing
+            .iter()
+            .map(|id| {
+                let trace_id = model::jaeger_trace_id(&id.to_hex());
+                json!({ "msg": "trace not found", "traceID": trace_id })
+            })
+            .collect();
+        return Ok(super::envelope_with_errors(traces_json(traces), errors));
     }
     let service = param(&pairs, "service")
         .ok_or_else(|| JaegerError::bad_request("parameter 'service' is required"))?;

@@ -5,7 +5,8 @@
 //! * `GET /api/v3/traces/{trace_id}`: `{"result": {"resourceSpans": [...]}}`, or 404.
 //! * `GET /api/v3/traces?query.service_name=&query.operation_name=&query.start_time_min=
 //!   &query.start_time_max=&query.duration_min=&query.duration_max=&query.num_traces=`:
-//!   `{"result": {"resourceSpans": [...]}}` holding the resource spans of every trace found.
+//!   `{"result": {"resourceSpans": [...]}}` holding the resource spans of every trace found,
+//!   or 404 `No traces found` (as Jaeger's gateway) when there is none.
 //!   Times are RFC 3339 (`2024-05-01T12:00:00.5Z`, with `Z` or an offset) or unix
 //!   nanoseconds; durations are Go durations; `query.num_traces` defaults to
 //!   [`super::v1::DEFAULT_LIMIT`]. `query.service_name` is required.
@@ -14,6 +15,7 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -140,6 +142,10 @@ pub(crate) async fn search(
         ..SearchQuery::default()
     };
     let traces = blocking(&state, move |reader| super::find_traces(reader, &query)).await?;
+    if traces.is_empty() {
+        // As Jaeger's gateway answers a search that found nothing.
+        return Err(V3Error(StatusCode::NOT_FOUND, "No traces found".into()));
+    }
     let batches: Vec<ResourceSpans> = traces.into_iter().flat_map(|(_, b)| b).collect();
     Ok(result(&batches))
 }

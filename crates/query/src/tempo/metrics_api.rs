@@ -12,8 +12,8 @@
 //! The whole stored retention can be queried: nothing limits `start` to the last hour.
 //! The store is scanned over the window with the spanset part's filter pushed down, each
 //! matching trace evaluated whole. Answers (64-bit integers as strings, as Tempo's protobuf
-//! JSON): range `{series: [{labels: [{key, value}], promLabels, samples: [{timestampMs,
-//! value}]}], metrics}`, instant `{series: [{labels, promLabels, value}], metrics}`.
+//! JSON, zero values omitted): range `{series: [{labels: [{key, value}], samples:
+//! [{timestampMs, value}]}], metrics}`, instant `{series: [{labels, value}], metrics}`.
 //! Bad input is a 400 naming the parameter; more than [`MAX_SERIES`] series or
 //! [`MAX_INTERVALS`] steps too.
 
@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sextant_otlp_proto::json::any_value_json;
 use sextant_otlp_proto::proto::{Resource, Span};
 use sextant_store::{ScanStats, TimeWindow};
@@ -290,37 +290,63 @@ fn labels_json(series: &Series) -> Vec<Value> {
         .collect()
 }
 
-fn metrics_json(outcome: &MetricsOutcome) -> Value {
-    json!({
-        "inspectedTraces": outcome.stats.inspected_traces,
-        "inspectedBytes": outcome.stats.inspected_bytes.to_string(),
-        "inspectedSpans": outcome.stats.inspected_spans.to_string(),
-        "completedJobs": 1,
-        "totalJobs": 1,
-    })
+/// Inserts a number unless it is zero: Tempo writes these messages with jsonpb, which omits
+/// zero values (a sample of value 0 is `{"timestampMs": "..."}`).
+fn put_nonzero(o: &mut Map<String, Value>, key: &str, value: f64) {
+    if value != 0.0 {
+        o.insert(key.to_string(), json!(value));
+    }
 }
 
-/// Tempo's `QueryRangeResponse`.
+/// Inserts a 64-bit counter as a string (jsonpb), unless it is zero.
+fn put_u64(o: &mut Map<String, Value>, key: &str, value: u64) {
+    if value != 0 {
+        o.insert(key.to_string(), json!(value.to_string()));
+    }
+}
+
+/// Tempo's `SearchMetrics`, zero values omitted.
+fn metrics_json(outcome: &MetricsOutcome) -> Value {
+    let mut o = Map::new();
+    if outcome.stats.inspected_traces != 0 {
+        o.insert(
+            "inspectedTraces".into(),
+            json!(outcome.stats.inspected_traces),
+        );
+    }
+    put_u64(&mut o, "inspectedBytes", outcome.stats.inspected_bytes);
+    put_u64(&mut o, "inspectedSpans", outcome.stats.inspected_spans);
+    o.insert("completedJobs".into(), json!(1));
+    o.insert("totalJobs".into(), json!(1));
+    Value::Object(o)
+}
+
+/// Tempo's `QueryRangeResponse`: `series` of `TimeSeries` (`labels`, `samples` of `Sample`
+/// with `timestampMs` as a string and `value` omitted when zero) and `metrics`.
 pub(crate) fn range_response(outcome: &MetricsOutcome) -> Value {
     let series: Vec<Value> = outcome
         .eval
         .finish()
         .iter()
         .map(|s| {
-            json!({
-                "labels": labels_json(s),
-                "promLabels": s.prom_labels,
-                "samples": s.samples.iter().map(|(ts, v)| json!({
-                    "timestampMs": ts.to_string(),
-                    "value": v,
-                })).collect::<Vec<_>>(),
-            })
+            let samples: Vec<Value> = s
+                .samples
+                .iter()
+                .map(|(ts, v)| {
+                    let mut sample = Map::new();
+                    sample.insert("timestampMs".into(), json!(ts.to_string()));
+                    put_nonzero(&mut sample, "value", *v);
+                    Value::Object(sample)
+                })
+                .collect();
+            json!({ "labels": labels_json(s), "samples": samples })
         })
         .collect();
     json!({"series": series, "metrics": metrics_json(outcome)})
 }
 
-/// Tempo's `QueryInstantResponse`.
+/// Tempo's `QueryInstantResponse`: `series` of `InstantSeries` (`labels`, `value` omitted
+/// when zero) and `metrics`.
 pub(crate) fn instant_response(outcome: &MetricsOutcome) -> Value {
     let series: Vec<Value> = outcome
         .eval
@@ -328,11 +354,10 @@ pub(crate) fn instant_response(outcome: &MetricsOutcome) -> Value {
         .iter()
         .filter_map(|s| {
             let (_, value) = s.samples.first()?;
-            Some(json!({
-                "labels": labels_json(s),
-                "promLabels": s.prom_labels,
-                "value": value,
-            }))
+            let mut o = Map::new();
+            o.insert("labels".into(), Value::Array(labels_json(s)));
+            put_nonzero(&mut o, "value", *value);
+            Some(Value::Object(o))
         })
         .collect();
     json!({"series": series, "metrics": metrics_json(outcome)})

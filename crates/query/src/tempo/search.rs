@@ -11,12 +11,15 @@
 //!
 //! The answer is Tempo's `SearchResponse`: 64-bit integers as strings, ids in lowercase hex.
 
+use std::collections::BTreeMap;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sextant_otlp_proto::json::key_value_json;
-use sextant_otlp_proto::proto::{Resource, Span};
+use sextant_otlp_proto::proto::{Resource, ResourceSpans, Span};
+use sextant_otlp_proto::TraceId;
 use sextant_store::{
     Condition, MatchedSpan, SearchQuery, SearchResult, StoreError, TimeWindow, TraceHit,
     TraceReader,
@@ -108,9 +111,29 @@ pub(crate) fn traceql_request(params: &Params, q: &str) -> Result<TraceQlRequest
 /// What a TraceQL search found.
 #[derive(Debug, Default)]
 pub(crate) struct TraceQlResult {
-    traces: Vec<TraceResult>,
+    /// Each matching trace, with its service stats.
+    traces: Vec<(TraceResult, ServiceStats)>,
     inspected_traces: u64,
     inspected_bytes: u64,
+}
+
+/// Spans and error spans per service of a whole trace (Tempo's `serviceStats`).
+type ServiceStats = BTreeMap<String, (u64, u64)>;
+
+fn service_stats(trace: &[ResourceSpans]) -> ServiceStats {
+    let mut stats = ServiceStats::new();
+    for rs in trace {
+        let service = sextant_otlp_proto::attr::service_name(rs.resource.as_ref());
+        let spans = rs.scope_spans.iter().flat_map(|ss| &ss.spans);
+        let (count, errors) = spans.fold((0, 0), |(n, e), span| {
+            let error = span.status.as_ref().is_some_and(|st| st.code == 2);
+            (n + 1, e + u64::from(error))
+        });
+        let entry = stats.entry(service.to_string()).or_default();
+        entry.0 += count;
+        entry.1 += errors;
+    }
+    stats
 }
 
 /// Scans the store with the query's pushed-down filter and evaluates it on each whole trace,
@@ -125,15 +148,15 @@ pub(crate) fn run_traceql(
     };
     let limit = request.limit.max(1);
     let mut traces = Vec::new();
-    let mut visit = |id, spans: &[_]| {
+    let mut visit = |id, spans: &[ResourceSpans]| {
         if let Some(hit) = traceql::evaluate(&request.query, id, spans, request.spans_per_set) {
-            traces.push(hit);
+            traces.push((hit, service_stats(spans)));
         }
         traces.len() < limit
     };
     let terms = pushed.map(|f| f.required_terms()).unwrap_or_default();
     let stats = reader.scan_terms(request.window, &terms, &prefilter, &mut visit)?;
-    traces.sort_by_key(|t: &TraceResult| std::cmp::Reverse(t.summary.start_ns));
+    traces.sort_by_key(|(t, _)| std::cmp::Reverse(t.summary.start_ns));
     Ok(TraceQlResult {
         traces,
         inspected_traces: stats.inspected_traces,
@@ -141,43 +164,112 @@ pub(crate) fn run_traceql(
     })
 }
 
-fn traceql_trace_json(hit: &TraceResult) -> Value {
+fn traceql_trace_json((hit, services): &(TraceResult, ServiceStats)) -> Value {
     let span_sets: Vec<Value> = hit
         .span_sets
         .iter()
         .map(|set| {
-            let mut v = json!({
-                "spans": set.spans.iter().map(span_json).collect::<Vec<_>>(),
-                "matched": set.matched,
-            });
-            if !set.attributes.is_empty() {
-                v["attributes"] = set.attributes.iter().map(key_value_json).collect();
-            }
-            v
+            let attributes: Vec<Value> = set.attributes.iter().map(key_value_json).collect();
+            span_set_json(
+                set.spans.iter().map(span_json).collect(),
+                set.matched,
+                attributes,
+            )
         })
         .collect();
-    json!({
-        "traceID": hit.trace_id.to_hex(),
-        "rootServiceName": hit.summary.root_service,
-        "rootTraceName": hit.summary.root_name,
-        "startTimeUnixNano": hit.summary.start_ns.to_string(),
-        "durationMs": hit.summary.duration_ns / 1_000_000,
-        // Deprecated in Tempo, still read by older Grafanas: the first span set.
-        "spanSet": span_sets.first().cloned().unwrap_or(Value::Null),
-        "spanSets": span_sets,
-    })
+    let mut v = trace_metadata_json(
+        hit.trace_id,
+        &hit.summary.root_service,
+        &hit.summary.root_name,
+        hit.summary.start_ns,
+        hit.summary.duration_ns,
+        span_sets,
+    );
+    // Tempo's `map<string, ServiceStats>`: `spanCount`, `errorCount` (uint32, 0 omitted).
+    let stats: Map<String, Value> = services
+        .iter()
+        .map(|(service, (spans, errors))| {
+            let mut o = Map::new();
+            put(&mut o, "spanCount", json!(spans));
+            put(&mut o, "errorCount", json!(errors));
+            (service.clone(), Value::Object(o))
+        })
+        .collect();
+    if !stats.is_empty() {
+        v["serviceStats"] = Value::Object(stats);
+    }
+    v
+}
+
+/// Tempo's trace id in search results: lowercase hex without leading zeros (Tempo's
+/// `util.TraceIDToHexString`), so a 64-bit id is at most 16 characters.
+pub(crate) fn search_trace_id(id: TraceId) -> String {
+    id.to_hex().trim_start_matches('0').to_string()
+}
+
+/// Inserts `value` under `key` unless it is Tempo's (jsonpb's) omitted zero value: an empty
+/// string or array, `0`, or the 64-bit zero `"0"`.
+fn put(o: &mut Map<String, Value>, key: &str, value: Value) {
+    let zero = match &value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty() || s == "0",
+        Value::Array(a) => a.is_empty(),
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Bool(b) => !b,
+        Value::Object(_) => false,
+    };
+    if !zero {
+        o.insert(key.to_string(), value);
+    }
+}
+
+/// Tempo's `SpanSet`: `spans`, `matched` (uint32) and `attributes`, zero values omitted.
+fn span_set_json(spans: Vec<Value>, matched: usize, attributes: Vec<Value>) -> Value {
+    let mut o = Map::new();
+    put(&mut o, "spans", Value::Array(spans));
+    put(&mut o, "matched", json!(matched));
+    put(&mut o, "attributes", Value::Array(attributes));
+    Value::Object(o)
+}
+
+/// Tempo's `TraceSearchMetadata`, zero values omitted; `spanSet` (deprecated, still read by
+/// older Grafanas) is the first span set, as Tempo's combiner sets it.
+fn trace_metadata_json(
+    id: TraceId,
+    root_service: &str,
+    root_name: &str,
+    start_ns: u64,
+    duration_ns: u64,
+    span_sets: Vec<Value>,
+) -> Value {
+    let mut o = Map::new();
+    put(&mut o, "traceID", json!(search_trace_id(id)));
+    put(&mut o, "rootServiceName", json!(root_service));
+    put(&mut o, "rootTraceName", json!(root_name));
+    put(&mut o, "startTimeUnixNano", json!(start_ns.to_string()));
+    put(&mut o, "durationMs", json!(duration_ns / 1_000_000));
+    if let Some(first) = span_sets.first() {
+        o.insert("spanSet".into(), first.clone());
+    }
+    put(&mut o, "spanSets", Value::Array(span_sets));
+    Value::Object(o)
+}
+
+/// Tempo's `SearchMetrics`, zero values omitted (64-bit counters as strings).
+fn search_metrics_json(inspected_traces: u64, inspected_bytes: u64) -> Value {
+    let mut o = Map::new();
+    put(&mut o, "inspectedTraces", json!(inspected_traces));
+    put(&mut o, "inspectedBytes", json!(inspected_bytes.to_string()));
+    put(&mut o, "completedJobs", json!(1));
+    put(&mut o, "totalJobs", json!(1));
+    Value::Object(o)
 }
 
 /// Tempo's `SearchResponse` for a TraceQL result.
 fn traceql_response(result: &TraceQlResult) -> Value {
     json!({
         "traces": result.traces.iter().map(traceql_trace_json).collect::<Vec<_>>(),
-        "metrics": {
-            "inspectedTraces": result.inspected_traces,
-            "inspectedBytes": result.inspected_bytes.to_string(),
-            "completedJobs": 1,
-            "totalJobs": 1,
-        },
+        "metrics": search_metrics_json(result.inspected_traces, result.inspected_bytes),
     })
 }
 
@@ -201,43 +293,47 @@ pub(crate) fn search_query(params: &Params) -> Result<SearchQuery, QueryError> {
     })
 }
 
+/// Tempo's search `Span`: `spanID` (16 hex digits), `name`, `startTimeUnixNano` and
+/// `durationNanos` (64-bit, strings) and `attributes`, zero values omitted.
 fn span_json(span: &MatchedSpan) -> Value {
-    json!({
-        "spanID": span.span_id.to_hex(),
-        "name": span.name,
-        "startTimeUnixNano": span.start_ns.to_string(),
-        "durationNanos": span.duration_ns.to_string(),
-        "attributes": span.attributes.iter().map(key_value_json).collect::<Vec<_>>(),
-    })
+    let mut o = Map::new();
+    put(&mut o, "spanID", json!(span.span_id.to_hex()));
+    put(&mut o, "name", json!(span.name));
+    put(
+        &mut o,
+        "startTimeUnixNano",
+        json!(span.start_ns.to_string()),
+    );
+    put(&mut o, "durationNanos", json!(span.duration_ns.to_string()));
+    put(
+        &mut o,
+        "attributes",
+        span.attributes.iter().map(key_value_json).collect(),
+    );
+    Value::Object(o)
 }
 
 fn trace_json(hit: &TraceHit) -> Value {
-    let span_set = json!({
-        "spans": hit.matched_spans.iter().map(span_json).collect::<Vec<_>>(),
-        "matched": hit.matched,
-    });
-    json!({
-        "traceID": hit.trace_id.to_hex(),
-        "rootServiceName": hit.summary.root_service,
-        "rootTraceName": hit.summary.root_name,
-        "startTimeUnixNano": hit.summary.start_ns.to_string(),
-        "durationMs": hit.summary.duration_ns / 1_000_000,
-        "spanSets": [span_set.clone()],
-        // Deprecated in Tempo, still read by older Grafanas: the first span set.
-        "spanSet": span_set,
-    })
+    let span_set = span_set_json(
+        hit.matched_spans.iter().map(span_json).collect(),
+        hit.matched,
+        Vec::new(),
+    );
+    trace_metadata_json(
+        hit.trace_id,
+        &hit.summary.root_service,
+        &hit.summary.root_name,
+        hit.summary.start_ns,
+        hit.summary.duration_ns,
+        vec![span_set],
+    )
 }
 
 /// Tempo's `SearchResponse` for a store result.
 pub(crate) fn search_response(result: &SearchResult) -> Value {
     json!({
         "traces": result.traces.iter().map(trace_json).collect::<Vec<_>>(),
-        "metrics": {
-            "inspectedTraces": result.inspected_traces,
-            "inspectedBytes": result.inspected_bytes.to_string(),
-            "completedJobs": 1,
-            "totalJobs": 1,
-        },
+        "metrics": search_metrics_json(result.inspected_traces, result.inspected_bytes),
     })
 }
 
@@ -355,7 +451,8 @@ mod tests {
         };
         let v = search_response(&result);
         let t = &v["traces"][0];
-        assert_eq!(t["traceID"], "000102030405060708090a0b0c0d0e0f");
+        // Leading zeros trimmed, as Tempo writes search trace ids.
+        assert_eq!(t["traceID"], "102030405060708090a0b0c0d0e0f");
         assert_eq!(t["rootServiceName"], "api");
         assert_eq!(t["rootTraceName"], "GET /");
         assert_eq!(t["startTimeUnixNano"], "1700000000123456789");
@@ -381,7 +478,7 @@ mod tests {
 mod traceql_scan_tests {
     use super::*;
     use sextant_otlp_proto::attr::kv_str;
-    use sextant_otlp_proto::proto::{ResourceSpans, ScopeSpans};
+    use sextant_otlp_proto::proto::ScopeSpans;
     use sextant_otlp_proto::TraceId;
     use sextant_store::{ScanStats, SpanFilter, StoreStats, TagScope, TagValue, TraceVisit};
     use std::sync::Mutex;
@@ -501,7 +598,7 @@ mod traceql_scan_tests {
             &request(r#"{ resource.service.name = "api" }"#, &[("limit", "2")]),
         )
         .unwrap();
-        let ids: Vec<TraceId> = r.traces.iter().map(|t| t.trace_id).collect();
+        let ids: Vec<TraceId> = r.traces.iter().map(|(t, _)| t.trace_id).collect();
         assert_eq!(ids, vec![TraceId([1; 16]), TraceId([3; 16])]);
         // Trace 2 never reached the evaluator; trace 4 was never read (limit reached).
         assert_eq!(
