@@ -40,6 +40,10 @@ pub type SpanFilter<'f> = dyn Fn(&Span, Option<&Resource>) -> bool + 'f;
 /// Receives each whole trace of a scan; returns whether to go on.
 pub type TraceVisit<'v> = dyn FnMut(TraceId, &[ResourceSpans]) -> bool + 'v;
 
+/// Called for each span of a span-by-span scan ([`TraceReader::scan_spans`]), with its trace id
+/// and resource; returns `false` to stop.
+pub type SpanVisit<'v> = dyn FnMut(&TraceId, &Span, Option<&Resource>) -> bool + 'v;
+
 /// What a scan read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanStats {
@@ -91,6 +95,21 @@ pub trait TraceReader: Send + Sync {
         visit: &mut TraceVisit<'_>,
     ) -> Result<ScanStats, StoreError>;
 
+    /// Every stored span of the traces in `window`, one at a time with its resource, in no
+    /// particular order, until `visit` returns `false`: what a query that looks at each span on
+    /// its own (TraceQL metrics of one span-local filter) needs, without assembling traces. A
+    /// store may skip the data where no span carries all the `terms`. A span received twice
+    /// (a client retry) in two blocks not yet compacted is visited twice, as Tempo counts it.
+    fn scan_spans(
+        &self,
+        window: TimeWindow,
+        terms: &[Term],
+        visit: &mut SpanVisit<'_>,
+    ) -> Result<ScanStats, StoreError> {
+        let mut whole = |id: TraceId, trace: &[ResourceSpans]| visit_spans(&id, trace, visit);
+        self.scan_terms(window, terms, &|_, _| true, &mut whole)
+    }
+
     /// Traces with at least one span matching every condition, newest first.
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError>;
 
@@ -108,4 +127,22 @@ pub trait TraceReader: Send + Sync {
     fn limit_stats(&self) -> LimitStats {
         LimitStats::default()
     }
+}
+
+/// Passes every span of a trace to `visit`; whether to go on.
+pub(crate) fn visit_spans(
+    id: &TraceId,
+    trace: &[ResourceSpans],
+    visit: &mut SpanVisit<'_>,
+) -> bool {
+    for rs in trace {
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                if !visit(id, span, rs.resource.as_ref()) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }

@@ -41,9 +41,10 @@ use crate::error::StoreError;
 use crate::limits::{LimitStats, Limits, TraceLimiter, TraceSizes};
 use crate::query::Matcher;
 use crate::types::*;
-use crate::{BoxFuture, ScanStats, SpanFilter, SpanWriter, TraceReader, TraceVisit};
+use crate::{
+    visit_spans, BoxFuture, ScanStats, SpanFilter, SpanVisit, SpanWriter, TraceReader, TraceVisit,
+};
 use prost::Message as _;
-use sextant_otlp_proto::proto::TracesData;
 
 /// Each attribute key records at most this many distinct values for autocomplete.
 pub const MAX_VALUES_PER_TAG: usize = 1000;
@@ -52,6 +53,31 @@ pub const MAX_TAG_VALUE_LEN: usize = 256;
 /// Clock skew allowed between senders and this process: a search stops at batches that
 /// arrived this long before its window begins.
 pub const MAX_CLOCK_SKEW_NS: u64 = 300 * 1_000_000_000;
+/// What a scan carries from phase to phase.
+#[derive(Default)]
+struct Scan {
+    stats: ScanStats,
+    /// Traces visited whole.
+    seen: HashSet<TraceId>,
+    cache: BatchCache,
+    /// [`TraceReader::scan_spans`]: the keys of the traces whose block parts were visited.
+    visited: FxHashSet<u64>,
+    /// The round of the blocks phase.
+    round: usize,
+}
+
+impl Scan {
+    fn finish(mut self) -> ScanStats {
+        self.stats.inspected_bytes += self.cache.bytes_read;
+        self.stats
+    }
+}
+
+/// Called by [`SledStore::scan_block_pages`] per page, with the scan, the block and the
+/// page's index; returns whether to go on.
+type PageVisit<'v> =
+    dyn FnMut(&mut Scan, &block::OpenBlock, usize) -> Result<bool, StoreError> + 'v;
+
 /// Decoded batches kept during one read.
 const BATCH_CACHE: usize = 64;
 /// At most this many writes share one fsync.
@@ -718,6 +744,106 @@ impl SledStore {
 
     /// Every span of a trace: from every batch of the log it is in, then from the blocks
     /// (but `skip`, whose part is in `have`), merged.
+    /// The log phase of a scan (newest writes first): every trace with a span in a live
+    /// batch of the window for which `prefilter` holds, read whole and passed to `visit` once
+    /// (and marked seen). Returns whether to go on.
+    fn scan_wal(
+        &self,
+        window: &TimeWindow,
+        prefilter: &SpanFilter<'_>,
+        scan: &mut Scan,
+        visit: &mut TraceVisit<'_>,
+    ) -> Result<bool, StoreError> {
+        let stop_before = window.start_ns.map(|s| s.saturating_sub(MAX_CLOCK_SKEW_NS));
+        for item in self.inner.batches.range(self.inner.live_batches()).rev() {
+            let (k, v) = item?;
+            let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
+                continue;
+            };
+            let (meta, payload) = encode::decode_meta(&k, &v)?;
+            if stop_before.is_some_and(|s| meta.arrival_ns < s) {
+                break;
+            }
+            if !window.overlaps(meta.start_ns, meta.end_ns) {
+                continue;
+            }
+            scan.stats.inspected_bytes += v.len() as u64;
+            scan.stats.inspected_traces += meta.trace_count as u64;
+            scan.stats.inspected_spans += meta.span_count as u64;
+            let batch = Arc::new(encode::decode_payload(&k, payload)?);
+            scan.cache.put(seq, batch.clone());
+            for (_, id) in candidates(&batch, &scan.seen, prefilter) {
+                scan.seen.insert(id);
+                let parts = self.trace_parts(&id)?;
+                let spans = self.read_trace(&id, &parts, &mut scan.cache, None, None)?;
+                if !trace_overlaps(&spans, window) {
+                    continue;
+                }
+                if !visit(id, &spans) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The blocks phase of a scan, newest block first: each page in the window that may hold
+    /// a span carrying all the `terms` is passed to `page` with its block, to read (a block
+    /// failing a check there is quarantined). A block
+    /// deleted under the scan (compaction replaced it) sends the scan round again over the
+    /// blocks served then (whose replacement holds its spans; `page` is told the round).
+    /// Returns whether to go on.
+    fn scan_block_pages(
+        &self,
+        window: &TimeWindow,
+        terms: &[Term],
+        scan: &mut Scan,
+        page: &mut PageVisit<'_>,
+    ) -> Result<bool, StoreError> {
+        let hashes: Vec<u64> = terms.iter().map(Term::hash).collect();
+        let blocks = &self.inner.blocks;
+        let mut scanned: HashSet<String> = HashSet::new();
+        for round in 0..3 {
+            scan.round = round;
+            let mut gone = false;
+            for b in blocks.snapshot() {
+                if scanned.contains(&b.name) || !window.overlaps(b.meta.start_ns, b.meta.end_ns) {
+                    continue;
+                }
+                let mut whole = true;
+                for (i, p) in b.meta.pages.iter().enumerate() {
+                    if !window.overlaps(p.start_ns, p.end_ns) || !b.page_may_match(i, &hashes) {
+                        continue;
+                    }
+                    match blocks.checked(&b, || page(scan, &b, i)) {
+                        Err(StoreError::NotFound(_)) => {
+                            whole = false;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                        Ok(go_on) => {
+                            scan.stats.inspected_bytes += p.len as u64;
+                            scan.stats.inspected_traces += p.trace_count as u64;
+                            scan.stats.inspected_spans += p.span_count as u64;
+                            if !go_on {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+                if whole {
+                    scanned.insert(b.name.clone());
+                } else {
+                    gone = true;
+                }
+            }
+            if !gone {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
     fn read_trace(
         &self,
         id: &TraceId,
@@ -927,118 +1053,81 @@ impl TraceReader for SledStore {
         prefilter: &SpanFilter<'_>,
         visit: &mut TraceVisit<'_>,
     ) -> Result<ScanStats, StoreError> {
-        let mut stats = ScanStats::default();
-        let mut seen: HashSet<TraceId> = HashSet::new();
-        let mut cache = BatchCache::default();
-        let stop_before = window.start_ns.map(|s| s.saturating_sub(MAX_CLOCK_SKEW_NS));
-        // The log first (newest writes), then the blocks, newest first: a batch cut meanwhile
-        // is in a block by the time the blocks are listed.
-        for item in self.inner.batches.range(self.inner.live_batches()).rev() {
-            let (k, v) = item?;
-            let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()) else {
-                continue;
-            };
-            let (meta, payload) = encode::decode_meta(&k, &v)?;
-            if stop_before.is_some_and(|s| meta.arrival_ns < s) {
-                break;
-            }
-            if !window.overlaps(meta.start_ns, meta.end_ns) {
-                continue;
-            }
-            stats.inspected_bytes += v.len() as u64;
-            stats.inspected_traces += meta.trace_count as u64;
-            stats.inspected_spans += meta.span_count as u64;
-            let batch = Arc::new(encode::decode_payload(&k, payload)?);
-            cache.put(seq, batch.clone());
-            let candidates = candidates(&batch, &seen, prefilter);
-            for (_, id) in candidates {
-                seen.insert(id);
-                let parts = self.trace_parts(&id)?;
-                let spans = self.read_trace(&id, &parts, &mut cache, None, None)?;
-                if !trace_overlaps(&spans, &window) {
-                    continue;
-                }
-                if !visit(id, &spans) {
-                    stats.inspected_bytes += cache.bytes_read;
-                    return Ok(stats);
-                }
-            }
-        }
-        let hashes: Vec<u64> = terms.iter().map(Term::hash).collect();
-        let blocks = &self.inner.blocks;
-        // A block deleted under the scan (compaction replaced it) sends the scan round again
-        // over the blocks served now: the replacement holds its spans (`seen` skips the
-        // traces visited already).
-        let mut scanned: HashSet<String> = HashSet::new();
-        for _round in 0..3 {
-            let mut gone = false;
-            for b in blocks.snapshot() {
-                if scanned.contains(&b.name) || !window.overlaps(b.meta.start_ns, b.meta.end_ns) {
-                    continue;
-                }
-                let mut whole = true;
-                for (i, page) in b.meta.pages.iter().enumerate() {
-                    if !window.overlaps(page.start_ns, page.end_ns) || !b.page_may_match(i, &hashes)
-                    {
+        let mut scan = Scan::default();
+        if self.scan_wal(&window, prefilter, &mut scan, visit)? {
+            let backend = self.inner.blocks.backend.as_ref();
+            self.scan_block_pages(&window, terms, &mut scan, &mut |scan, b, i| {
+                let mut found: Vec<(u64, TraceId, Vec<ResourceSpans>)> = Vec::new();
+                for t in b.read_page_traces(backend, i)? {
+                    if scan.seen.contains(&t.id) || !window.overlaps(t.start_ns, t.end_ns) {
                         continue;
                     }
-                    let raw = match blocks.checked(&b, || b.read_page(blocks.backend.as_ref(), i)) {
-                        Err(StoreError::NotFound(_)) => {
-                            whole = false;
-                            break;
-                        }
-                        other => other?,
-                    };
-                    stats.inspected_bytes += page.len as u64;
-                    stats.inspected_traces += page.trace_count as u64;
-                    stats.inspected_spans += page.span_count as u64;
-                    let mut found: Vec<(u64, TraceId, Vec<ResourceSpans>)> = Vec::new();
-                    for e in block::entries(&b.name, &raw) {
-                        let e = e?;
-                        if seen.contains(&e.id) || !window.overlaps(e.start_ns, e.end_ns) {
-                            continue;
-                        }
-                        let decoded = blocks.checked(&b, || {
-                            TracesData::decode(e.data).map_err(|err| StoreError::Corrupt {
-                                key: b.name.clone(),
-                                problem: format!("trace {}: bad protobuf: {err}", e.id.to_hex()),
-                            })
-                        })?;
-                        let hit = decoded.resource_spans.iter().any(|rs| {
-                            rs.scope_spans.iter().any(|ss| {
-                                ss.spans
-                                    .iter()
-                                    .any(|sp| prefilter(sp, rs.resource.as_ref()))
-                            })
-                        });
-                        if hit {
-                            found.push((e.start_ns, e.id, decoded.resource_spans));
-                        }
-                    }
-                    found.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
-                    for (_, id, part) in found {
-                        seen.insert(id);
-                        let parts = self.trace_parts(&id)?;
-                        let spans =
-                            self.read_trace(&id, &parts, &mut cache, Some(&b.name), Some(part))?;
-                        if !visit(id, &spans) {
-                            stats.inspected_bytes += cache.bytes_read;
-                            return Ok(stats);
-                        }
+                    let hit = t.resource_spans.iter().any(|rs| {
+                        rs.scope_spans.iter().any(|ss| {
+                            ss.spans
+                                .iter()
+                                .any(|sp| prefilter(sp, rs.resource.as_ref()))
+                        })
+                    });
+                    if hit {
+                        found.push((t.start_ns, t.id, t.resource_spans));
                     }
                 }
-                if whole {
-                    scanned.insert(b.name.clone());
-                } else {
-                    gone = true;
+                found.sort_by_key(|(start, _, _)| std::cmp::Reverse(*start));
+                for (_, id, part) in found {
+                    scan.seen.insert(id);
+                    let parts = self.trace_parts(&id)?;
+                    let spans =
+                        self.read_trace(&id, &parts, &mut scan.cache, Some(&b.name), Some(part))?;
+                    if !visit(id, &spans) {
+                        return Ok(false);
+                    }
                 }
-            }
-            if !gone {
-                break;
-            }
+                Ok(true)
+            })?;
         }
-        stats.inspected_bytes += cache.bytes_read;
-        Ok(stats)
+        Ok(scan.finish())
+    }
+
+    fn scan_spans(
+        &self,
+        window: TimeWindow,
+        terms: &[Term],
+        visit: &mut SpanVisit<'_>,
+    ) -> Result<ScanStats, StoreError> {
+        let mut scan = Scan::default();
+        // The log's traces whole (their parts merged, as they may also be in blocks), then
+        // the blocks' traces part by part: no trace assembled, no index read.
+        let mut whole = |id: TraceId, trace: &[ResourceSpans]| visit_spans(&id, trace, visit);
+        if !self.scan_wal(&window, &|_, _| true, &mut scan, &mut whole)? {
+            return Ok(scan.finish());
+        }
+        let backend = self.inner.blocks.backend.as_ref();
+        self.scan_block_pages(&window, terms, &mut scan, &mut |scan, b, i| {
+            let (seen, visited, round) = (&scan.seen, &mut scan.visited, scan.round);
+            // The trace of the previous span, and whether its spans are visited.
+            let mut current: Option<(TraceId, bool)> = None;
+            b.for_each_page_span(backend, i, &mut |id, start, end, span, resource| {
+                let take = match current {
+                    Some((c, take)) if c == *id => take,
+                    _ => {
+                        // A block that vanished under the scan sends it round again over the
+                        // blocks served then: the parts already visited are not visited twice.
+                        let key = block::trace_key(id);
+                        let take = !seen.contains(id)
+                            && window.overlaps(start, end)
+                            && !(round > 0 && visited.contains(&key));
+                        if take {
+                            visited.insert(key);
+                        }
+                        current = Some((*id, take));
+                        take
+                    }
+                };
+                !take || visit(id, span, resource)
+            })
+        })?;
+        Ok(scan.finish())
     }
 
     fn search(&self, query: &SearchQuery) -> Result<SearchResult, StoreError> {

@@ -25,6 +25,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use sextant_otlp_proto::json::any_value_json;
 use sextant_otlp_proto::proto::{Resource, Span};
+use sextant_otlp_proto::TraceId;
 use sextant_store::{ScanStats, TimeWindow};
 
 use crate::duration::parse_go_duration;
@@ -32,6 +33,7 @@ use crate::error::QueryError;
 use crate::params::{self, Params};
 use crate::traceql::metrics::{MetricsError, MetricsEval, MetricsRange, Series};
 use crate::traceql::parser::parse_metrics;
+use crate::traceql::SpanView;
 use crate::QueryState;
 
 /// At most this many series in an answer (Tempo's default `max_response_series`).
@@ -243,13 +245,6 @@ fn run(
             .is_none_or(|f| f.matches_span(span, resource))
     };
     let mut error = None;
-    let mut visit = |id, spans: &[_]| match eval.observe(id, spans) {
-        Ok(()) => true,
-        Err(e) => {
-            error = Some(e);
-            false
-        }
-    };
     let window = TimeWindow {
         start_ns: Some(range.start_ns),
         end_ns: Some(range.end_ns),
@@ -258,7 +253,28 @@ fn run(
         .as_ref()
         .map(|f| f.required_terms())
         .unwrap_or_default();
-    let stats = reader.scan_terms(window, &terms, &prefilter, &mut visit)?;
+    let stats = if eval.span_local() {
+        // One span at a time: no trace is assembled.
+        let mut visit = |_: &TraceId, span: &Span, resource: Option<&Resource>| match eval
+            .observe_span(&SpanView::new(span, resource))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                error = Some(e);
+                false
+            }
+        };
+        reader.scan_spans(window, &terms, &mut visit)?
+    } else {
+        let mut visit = |id, spans: &[_]| match eval.observe(id, spans) {
+            Ok(()) => true,
+            Err(e) => {
+                error = Some(e);
+                false
+            }
+        };
+        reader.scan_terms(window, &terms, &prefilter, &mut visit)?
+    };
     Ok(MetricsOutcome { eval, stats, error })
 }
 

@@ -603,12 +603,12 @@ fn literal_number(lit: &Literal) -> Option<f64> {
 }
 
 /// The first value of `field` on span `s`, as an attribute value (for answers and `by`).
-fn first_any<'a>(field: &Field, s: &SpanCtx<'a>, t: &TraceCtx<'a>) -> Option<AnyValue> {
+fn first_any<'a>(field: &Field, s: &SpanCtx<'a>, t: Option<&TraceCtx<'a>>) -> Option<AnyValue> {
     if let Field::Attribute(a) = field {
         return attribute_values(a, s).first().map(|v| (*v).clone());
     }
     let mut vals = Vec::new();
-    values(field, s, Some(t), &mut vals);
+    values(field, s, t, &mut vals);
     let value = match vals.into_iter().next()? {
         Val::Str(x) => Pv::StringValue(x.into_owned()),
         Val::Int(i) | Val::Duration(i) => Pv::IntValue(i),
@@ -667,7 +667,7 @@ fn apply_stage(stage: &Stage, sets: Vec<Set>, t: &TraceCtx<'_>) -> Vec<Set> {
                 for &i in &set.spans {
                     let key_values: Vec<Option<AnyValue>> = fields
                         .iter()
-                        .map(|f| first_any(f, &t.spans[i], t))
+                        .map(|f| first_any(f, &t.spans[i], Some(t)))
                         .collect();
                     let key = format!("{key_values:?}");
                     let slot = *groups.entry(key).or_insert_with(|| {
@@ -792,7 +792,7 @@ pub fn evaluate(
                         if attributes.iter().any(|kv| kv.key == key) {
                             continue;
                         }
-                        if let Some(value) = first_any(f, s, &t) {
+                        if let Some(value) = first_any(f, s, Some(&t)) {
                             attributes.push(KeyValue {
                                 key: key.to_string(),
                                 value: Some(value),
@@ -828,24 +828,11 @@ pub fn evaluate(
 
 /// Whether a filter only looks at the span itself and its resource (no trace-level fields,
 /// no instrumentation scope), so that a store scan can test it span by span.
-fn is_span_local(f: &FilterExpr) -> bool {
+pub(crate) fn is_span_local(f: &FilterExpr) -> bool {
     match f {
         FilterExpr::True => true,
         FilterExpr::And(a, b) | FilterExpr::Or(a, b) => is_span_local(a) && is_span_local(b),
-        FilterExpr::Compare(c) => match &c.field {
-            Field::Attribute(a) => a.scope != Scope::Instrumentation,
-            Field::Intrinsic(i) => !matches!(
-                i,
-                Intrinsic::TraceDuration
-                    | Intrinsic::RootName
-                    | Intrinsic::RootService
-                    | Intrinsic::ScopeName
-                    | Intrinsic::ScopeVersion
-                    | Intrinsic::NestedSetLeft
-                    | Intrinsic::NestedSetRight
-                    | Intrinsic::NestedSetParent
-            ),
-        },
+        FilterExpr::Compare(c) => is_span_local_field(&c.field),
     }
 }
 
@@ -971,6 +958,120 @@ impl FilterExpr {
             scope: None,
         };
         eval_filter(self, &s, None)
+    }
+}
+
+/// Whether a field's value on a span is known from the span and its resource alone (no
+/// trace-level field, no instrumentation scope): what [`SpanView`] can answer.
+pub fn is_span_local_field(field: &Field) -> bool {
+    match field {
+        Field::Attribute(a) => a.scope != Scope::Instrumentation,
+        Field::Intrinsic(i) => !matches!(
+            i,
+            Intrinsic::TraceDuration
+                | Intrinsic::RootName
+                | Intrinsic::RootService
+                | Intrinsic::ScopeName
+                | Intrinsic::ScopeVersion
+                | Intrinsic::NestedSetLeft
+                | Intrinsic::NestedSetRight
+                | Intrinsic::NestedSetParent
+        ),
+    }
+}
+
+/// A span seen outside its trace, with its resource: what a span-by-span scan gives.
+#[derive(Clone, Copy)]
+pub struct SpanView<'a> {
+    span: &'a Span,
+    resource: Option<&'a Resource>,
+}
+
+impl<'a> SpanView<'a> {
+    /// A view of `span` under `resource`.
+    pub fn new(span: &'a Span, resource: Option<&'a Resource>) -> Self {
+        Self { span, resource }
+    }
+
+    fn ctx(&self) -> SpanCtx<'a> {
+        SpanCtx {
+            index: 0,
+            span: self.span,
+            resource: self.resource,
+            scope: None,
+        }
+    }
+
+    /// The span.
+    pub fn span(&self) -> &'a Span {
+        self.span
+    }
+
+    /// Whether the filter holds for this span (exact for span-local filters, see
+    /// [`is_span_local_field`]).
+    pub fn matches(&self, f: &FilterExpr) -> bool {
+        eval_filter(f, &self.ctx(), None)
+    }
+
+    /// The first value of `field` on the span, as `by(...)` takes it.
+    pub fn first_value(&self, field: &Field) -> Option<AnyValue> {
+        first_any(field, &self.ctx(), None)
+    }
+
+    /// Appends the first value of `field` to `key` (a type letter, for strings their length,
+    /// then the content; without allocating for attributes), so that a sequence of fields
+    /// written one after the other is equal exactly when their values are.
+    pub fn write_first_value(&self, field: &Field, key: &mut String) {
+        use std::fmt::Write;
+        let ctx = self.ctx();
+        if let Field::Attribute(a) = field {
+            match attribute_values(a, &ctx)
+                .first()
+                .and_then(|v| v.value.as_ref())
+            {
+                Some(Pv::StringValue(s)) => {
+                    let _ = write!(key, "s{}:{s}", s.len());
+                }
+                Some(Pv::IntValue(i)) => {
+                    let _ = write!(key, "i{i}");
+                }
+                Some(Pv::DoubleValue(f)) => {
+                    let _ = write!(key, "f{}", f.to_bits());
+                }
+                Some(Pv::BoolValue(b)) => {
+                    let _ = write!(key, "b{b}");
+                }
+                Some(other) => {
+                    let text = format!("{other:?}");
+                    let _ = write!(key, "o{}:{text}", text.len());
+                }
+                None => key.push('-'),
+            }
+        } else {
+            let mut vals = Vec::new();
+            values(field, &ctx, None, &mut vals);
+            match vals.first() {
+                Some(Val::Str(x)) => {
+                    let _ = write!(key, "s{}:{x}", x.len());
+                }
+                Some(Val::Int(i)) | Some(Val::Duration(i)) => {
+                    let _ = write!(key, "i{i}");
+                }
+                Some(Val::Float(f)) => {
+                    let _ = write!(key, "f{}", f.to_bits());
+                }
+                Some(Val::Bool(b)) => {
+                    let _ = write!(key, "b{b}");
+                }
+                Some(Val::Status(st)) => {
+                    let _ = write!(key, "s{}:{}", st.as_str().len(), st.as_str());
+                }
+                Some(Val::Kind(k)) => {
+                    let _ = write!(key, "s{}:{}", k.as_str().len(), k.as_str());
+                }
+                Some(Val::Other) | None => key.push('-'),
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use sextant_otlp_proto::proto::{AnyValue, ResourceSpans};
 use sextant_otlp_proto::TraceId;
 
 use super::ast::*;
-use super::eval::evaluate;
+use super::eval::{evaluate, is_span_local, is_span_local_field, SpanView};
 
 const NANOS_PER_SECOND: f64 = 1e9;
 
@@ -196,6 +196,14 @@ pub struct MetricsEval {
     series: HashMap<String, Acc>,
     /// Spans counted (in the range).
     spans: u64,
+    /// The span-by-span evaluation: the spanset filter, when the query can be answered one
+    /// span at a time (see [`MetricsEval::span_local`]).
+    span_filter: Option<FilterExpr>,
+    /// For that evaluation: the `by` values of a span (see [`SpanView::write_first_value`],
+    /// then a histogram's bucket) to the key of its series in `series`.
+    span_series: HashMap<String, String>,
+    /// Reused to build those keys.
+    key_buf: String,
 }
 
 fn string_value(s: &str) -> AnyValue {
@@ -276,6 +284,16 @@ impl MetricsEval {
                 },
             }
         };
+        let span_filter = match &query.spans.root {
+            SpansetExpr::Filter(f)
+                if is_span_local(f)
+                    && query.by.iter().all(is_span_local_field)
+                    && query.func.field().is_none_or(is_span_local_field) =>
+            {
+                Some(f.clone())
+            }
+            _ => None,
+        };
         Self {
             eval_query: Query { root },
             intervals: range.intervals(),
@@ -284,7 +302,93 @@ impl MetricsEval {
             max_series,
             series: HashMap::new(),
             spans: 0,
+            span_filter,
+            span_series: HashMap::new(),
+            key_buf: String::new(),
         }
+    }
+
+    /// Whether the query can be answered span by span ([`Self::observe_span`]), without
+    /// assembling traces: its spanset part is one filter, and the filter, the `by` fields and
+    /// the function's field only look at a span and its resource. Each span then counts on
+    /// its own, exactly as in its trace's spanset.
+    pub fn span_local(&self) -> bool {
+        self.span_filter.is_some()
+    }
+
+    /// Counts one span (seen outside its trace) if it matches. Only for a
+    /// [`Self::span_local`] query; otherwise does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`MetricsError::TooManySeries`] when the span would make one series too many.
+    pub fn observe_span(&mut self, view: &SpanView<'_>) -> Result<(), MetricsError> {
+        let Some(filter) = &self.span_filter else {
+            return Ok(());
+        };
+        let span = view.span();
+        let Some(interval) = self.range.interval_of(span.start_time_unix_nano) else {
+            return Ok(());
+        };
+        if interval >= self.intervals || !view.matches(filter) {
+            return Ok(());
+        }
+        let value = match self.query.func.field() {
+            None => None,
+            Some(Field::Intrinsic(Intrinsic::Duration)) => Some(Num::Duration(
+                i64::try_from(
+                    span.end_time_unix_nano
+                        .saturating_sub(span.start_time_unix_nano),
+                )
+                .unwrap_or(i64::MAX),
+            )),
+            Some(f) => {
+                let duration = matches!(f, Field::Intrinsic(i) if i.is_duration());
+                view.first_value(f).and_then(|v| number(&v, duration))
+            }
+        };
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        for f in &self.query.by {
+            view.write_first_value(f, &mut key);
+        }
+        let result = self.record_span(view, &mut key, interval, value);
+        self.key_buf = key;
+        result
+    }
+
+    /// [`Self::record`] for one span whose `by` values `key` holds.
+    fn record_span(
+        &mut self,
+        view: &SpanView<'_>,
+        key: &mut String,
+        interval: usize,
+        value: Option<Num>,
+    ) -> Result<(), MetricsError> {
+        let Some(bucket) = self.counted(value) else {
+            return Ok(());
+        };
+        if let (MetricsFn::HistogramOverTime(_), Some(b)) = (&self.query.func, bucket) {
+            use std::fmt::Write;
+            let _ = write!(key, "|{}", b.to_bits());
+        }
+        if !self.span_series.contains_key(key.as_str()) {
+            let labels = self.labels_for(|i| view.first_value(&self.query.by[i]));
+            let labels = self.series_labels(labels, bucket);
+            let prom = prom_labels(&labels);
+            self.series_for(labels)?;
+            self.span_series.insert(key.clone(), prom);
+        }
+        let Some(acc) = self
+            .span_series
+            .get(key.as_str())
+            .and_then(|k| self.series.get_mut(k))
+        else {
+            return Ok(());
+        };
+        accumulate(&self.query.func, acc, interval, value, bucket);
+        self.spans += 1;
+        Ok(())
     }
 
     /// The pushed-down span prefilter of the spanset part (see [`Query::prefilter`]).
@@ -403,6 +507,41 @@ impl MetricsEval {
         }
     }
 
+    /// Whether a span with `value` counts: `None` if not, else its bucket for histograms and
+    /// quantiles (`Some(None)` for the other functions).
+    fn counted(&self, value: Option<Num>) -> Option<Option<f64>> {
+        match &self.query.func {
+            MetricsFn::Rate | MetricsFn::CountOverTime => Some(None),
+            MetricsFn::MinOverTime(_)
+            | MetricsFn::MaxOverTime(_)
+            | MetricsFn::SumOverTime(_)
+            | MetricsFn::AvgOverTime(_) => value.map(|_| None),
+            MetricsFn::HistogramOverTime(_) | MetricsFn::QuantileOverTime(..) => {
+                value.and_then(Num::bucket).map(Some)
+            }
+        }
+    }
+
+    /// The labels of the series a span with `by` labels `labels` counts in: a histogram adds
+    /// its bucket (and drops the function's name without `by`), the quantiles of a query
+    /// without `by` share one unlabelled series.
+    fn series_labels(&self, mut labels: Vec<Label>, bucket: Option<f64>) -> Vec<Label> {
+        match (&self.query.func, bucket) {
+            (MetricsFn::HistogramOverTime(_), Some(b)) => {
+                if self.query.by.is_empty() {
+                    labels.clear();
+                }
+                labels.push(Label {
+                    key: "__bucket".to_string(),
+                    value: double_value(b),
+                });
+                labels
+            }
+            (MetricsFn::QuantileOverTime(..), _) if self.query.by.is_empty() => Vec::new(),
+            _ => labels,
+        }
+    }
+
     fn record(
         &mut self,
         labels: &[Label],
@@ -412,59 +551,12 @@ impl MetricsEval {
         if interval >= self.intervals {
             return Ok(());
         }
+        let Some(bucket) = self.counted(value) else {
+            return Ok(());
+        };
+        let labels = self.series_labels(labels.to_vec(), bucket);
         let func = self.query.func.clone();
-        match func {
-            MetricsFn::Rate | MetricsFn::CountOverTime => {
-                self.series_for(labels.to_vec())?.counts[interval] += 1.0;
-            }
-            MetricsFn::MinOverTime(_)
-            | MetricsFn::MaxOverTime(_)
-            | MetricsFn::SumOverTime(_)
-            | MetricsFn::AvgOverTime(_) => {
-                let Some(v) = value.map(Num::value) else {
-                    return Ok(());
-                };
-                let acc = self.series_for(labels.to_vec())?;
-                let old = acc.values[interval];
-                acc.values[interval] = match func {
-                    _ if old.is_nan() => v,
-                    MetricsFn::MinOverTime(_) => old.min(v),
-                    MetricsFn::MaxOverTime(_) => old.max(v),
-                    _ => old + v,
-                };
-                acc.counts[interval] += 1.0;
-            }
-            MetricsFn::HistogramOverTime(_) => {
-                let Some(bucket) = value.and_then(Num::bucket) else {
-                    return Ok(());
-                };
-                let mut labels = labels.to_vec();
-                if self.query.by.is_empty() {
-                    labels.clear();
-                }
-                labels.push(Label {
-                    key: "__bucket".to_string(),
-                    value: double_value(bucket),
-                });
-                self.series_for(labels)?.counts[interval] += 1.0;
-            }
-            MetricsFn::QuantileOverTime(..) => {
-                let Some(bucket) = value.and_then(Num::bucket) else {
-                    return Ok(());
-                };
-                let labels = if self.query.by.is_empty() {
-                    Vec::new()
-                } else {
-                    labels.to_vec()
-                };
-                let acc = self.series_for(labels)?;
-                let buckets = &mut acc.buckets[interval];
-                match buckets.iter_mut().find(|(b, _)| *b == bucket) {
-                    Some((_, n)) => *n += 1,
-                    None => buckets.push((bucket, 1)),
-                }
-            }
-        }
+        accumulate(&func, self.series_for(labels)?, interval, value, bucket);
         self.spans += 1;
         Ok(())
     }
@@ -538,6 +630,46 @@ impl MetricsEval {
             .collect();
         out.sort_by(|a, b| a.prom_labels.cmp(&b.prom_labels));
         out
+    }
+}
+
+/// Adds one span's `value` (its `bucket` for histograms and quantiles) to step `interval` of
+/// a series.
+fn accumulate(
+    func: &MetricsFn,
+    acc: &mut Acc,
+    interval: usize,
+    value: Option<Num>,
+    bucket: Option<f64>,
+) {
+    match func {
+        MetricsFn::Rate | MetricsFn::CountOverTime | MetricsFn::HistogramOverTime(_) => {
+            acc.counts[interval] += 1.0;
+        }
+        MetricsFn::QuantileOverTime(..) => {
+            let Some(bucket) = bucket else { return };
+            let buckets = &mut acc.buckets[interval];
+            match buckets.iter_mut().find(|(b, _)| *b == bucket) {
+                Some((_, n)) => *n += 1,
+                None => buckets.push((bucket, 1)),
+            }
+        }
+        MetricsFn::MinOverTime(_)
+        | MetricsFn::MaxOverTime(_)
+        | MetricsFn::SumOverTime(_)
+        | MetricsFn::AvgOverTime(_) => {
+            let Some(v) = value.map(Num::value) else {
+                return;
+            };
+            let old = acc.values[interval];
+            acc.values[interval] = match func {
+                _ if old.is_nan() => v,
+                MetricsFn::MinOverTime(_) => old.min(v),
+                MetricsFn::MaxOverTime(_) => old.max(v),
+                _ => old + v,
+            };
+            acc.counts[interval] += 1.0;
+        }
     }
 }
 

@@ -72,7 +72,7 @@ pub mod parser;
 pub mod partial;
 
 pub use ast::*;
-pub use eval::{evaluate, SpanSetResult, TraceResult};
+pub use eval::{evaluate, is_span_local_field, SpanSetResult, SpanView, TraceResult};
 pub use parser::parse;
 pub use partial::autocomplete_filter;
 

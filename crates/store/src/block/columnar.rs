@@ -250,9 +250,10 @@ fn hex_digit(c: u8) -> Option<u8> {
 }
 
 /// The text of a UUID's bytes, as [`parse_uuid`] reads it.
-fn format_uuid(b: &[u8; 16]) -> String {
+/// Appends the hyphenated lowercase text of a UUID to `s`.
+fn format_uuid_into(b: &[u8; 16], s: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(36);
+    s.reserve(36);
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
             s.push('-');
@@ -260,7 +261,6 @@ fn format_uuid(b: &[u8; 16]) -> String {
         s.push(HEX[(byte >> 4) as usize] as char);
         s.push(HEX[(byte & 15) as usize] as char);
     }
-    s
 }
 
 fn id8(id: &[u8]) -> Option<u64> {
@@ -757,7 +757,8 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    fn string(&mut self, s: Stream) -> Result<String, StoreError> {
+    /// The next string reference of stream `s`, resolved in the dictionary.
+    fn str_ref(&mut self, s: Stream) -> Result<&'a str, StoreError> {
         let r = self.r(s).varint()?;
         let i = if r == 0 {
             let i = self.seen;
@@ -778,47 +779,98 @@ impl<'a> Decoder<'a> {
             ))
         })?;
         self.charge(text.len())?;
-        Ok(text.to_string())
+        Ok(text)
     }
 
-    fn raw_id(&mut self) -> Result<Vec<u8>, StoreError> {
+    /// The next string of stream `s`, into `out` (whose allocation is reused).
+    fn string_into(&mut self, s: Stream, out: &mut String) -> Result<(), StoreError> {
+        let text = self.str_ref(s)?;
+        out.clear();
+        out.push_str(text);
+        Ok(())
+    }
+
+    fn string(&mut self, s: Stream) -> Result<String, StoreError> {
+        self.str_ref(s).map(str::to_string)
+    }
+
+    fn raw_id_into(&mut self, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let b = self.r(Stream::RawIds).prefixed()?;
         self.charge(b.len())?;
-        Ok(b.to_vec())
+        out.clear();
+        out.extend_from_slice(b);
+        Ok(())
     }
 
-    fn attributes(&mut self) -> Result<Vec<KeyValue>, StoreError> {
+    /// The next attribute list, into `out` (keys, string values and the list itself reuse
+    /// what `out` held).
+    fn attributes_into(&mut self, out: &mut Vec<KeyValue>) -> Result<(), StoreError> {
         let n = self.r(Stream::AttrCount).varint()?;
-        let mut attrs = Vec::new();
-        for _ in 0..n {
-            let key = self.string(Stream::AttrKey)?;
+        let n = usize::try_from(n).map_err(|_| bad("attribute counts: count too big"))?;
+        // Each attribute costs at least two bytes of the row page: a corrupt count cannot
+        // make `out` grow past what the page declares.
+        if n as u64 > self.budget / 2 + 1 {
+            return Err(bad("attribute counts: more attributes than the page holds"));
+        }
+        out.truncate(n);
+        for i in 0..n {
+            if i == out.len() {
+                out.push(KeyValue::default());
+            }
+            let kv = &mut out[i];
+            let text = self.str_ref(Stream::AttrKey)?;
+            kv.key.clear();
+            kv.key.push_str(text);
             let t = self.r(Stream::AttrType).byte()?;
-            let key_strindex = if t & T_KEY_STRINDEX != 0 {
+            kv.key_strindex = if t & T_KEY_STRINDEX != 0 {
                 self.r(Stream::AttrInt).zigzag()? as i32
             } else {
                 0
             };
-            let value = match t & !T_KEY_STRINDEX {
-                T_NONE => None,
-                T_EMPTY => Some(AnyValue { value: None }),
-                t => Some(AnyValue {
-                    value: Some(self.value(t)?),
-                }),
-            };
+            match t & !T_KEY_STRINDEX {
+                T_NONE => kv.value = None,
+                T_EMPTY => kv.value = Some(AnyValue { value: None }),
+                t => {
+                    let mut old = kv.value.take().and_then(|v| v.value);
+                    self.value_into(t, &mut old)?;
+                    kv.value = Some(AnyValue { value: old });
+                }
+            }
             self.charge(2)?;
-            attrs.push(KeyValue {
-                key,
-                value,
-                key_strindex,
-            });
         }
+        Ok(())
+    }
+
+    fn attributes(&mut self) -> Result<Vec<KeyValue>, StoreError> {
+        let mut attrs = Vec::new();
+        self.attributes_into(&mut attrs)?;
         Ok(attrs)
     }
 
-    fn value(&mut self, t: u8) -> Result<any_value::Value, StoreError> {
+    /// A value of type `t` into `slot` (a string value reuses the string `slot` held).
+    fn value_into(&mut self, t: u8, slot: &mut Option<any_value::Value>) -> Result<(), StoreError> {
         use any_value::Value as V;
-        Ok(match t {
-            T_STR => V::StringValue(self.string(Stream::AttrStr)?),
+        let reuse = |slot: &mut Option<V>| match slot.take() {
+            Some(V::StringValue(mut s)) => {
+                s.clear();
+                s
+            }
+            _ => String::new(),
+        };
+        *slot = Some(match t {
+            T_STR => {
+                let text = self.str_ref(Stream::AttrStr)?;
+                let mut s = reuse(slot);
+                s.push_str(text);
+                V::StringValue(s)
+            }
+            T_UUID => {
+                let u = self.r(Stream::AttrUuid).array::<16>()?;
+                self.charge(36)?;
+                let mut s = reuse(slot);
+                format_uuid_into(&u, &mut s);
+                V::StringValue(s)
+            }
             T_BOOL => match self.r(Stream::AttrBool).byte()? {
                 0 => V::BoolValue(false),
                 1 => V::BoolValue(true),
@@ -849,45 +901,49 @@ impl<'a> Decoder<'a> {
                         .map_err(|e| bad(format!("blob values: bad kvlist: {e}")))?,
                 )
             }
-            T_UUID => {
-                let u = self.r(Stream::AttrUuid).array::<16>()?;
-                self.charge(36)?;
-                V::StringValue(format_uuid(&u))
-            }
             T_STRINDEX => V::StringValueStrindex(self.r(Stream::AttrInt).zigzag()? as i32),
             other => return Err(bad(format!("attribute types: unknown type {other}"))),
-        })
+        });
+        Ok(())
     }
 
-    /// One span at `pos` of its trace; its parent reference is returned, resolved by the
-    /// caller once the whole trace is read.
-    fn span(
+    /// One span at `pos` of its trace, into `out` (reusing its allocations); its parent
+    /// reference is returned, resolved by the caller once the whole trace is read.
+    fn span_into(
         &mut self,
+        out: &mut Span,
         trace_id: &[u8; 16],
         pos: usize,
         prev_start: u64,
         starts: &[u64],
-    ) -> Result<(Span, Option<usize>), StoreError> {
+    ) -> Result<Option<usize>, StoreError> {
         let flags = self.r(Stream::SpanFlags).byte()?;
         if flags & 0x80 != 0 {
             return Err(bad(format!("span flags: unknown flags {flags:#x}")));
         }
-        let span_id = if flags & F_RAW_SPAN_ID != 0 {
-            self.raw_id()?
+        if flags & F_RAW_SPAN_ID != 0 {
+            self.raw_id_into(&mut out.span_id)?;
         } else {
             self.charge(8)?;
-            self.r(Stream::SpanId).array::<8>()?.to_vec()
-        };
-        let trace_id = if flags & F_RAW_TRACE_ID != 0 {
-            self.raw_id()?
+            let id = self.r(Stream::SpanId).array::<8>()?;
+            out.span_id.clear();
+            out.span_id.extend_from_slice(&id);
+        }
+        if flags & F_RAW_TRACE_ID != 0 {
+            self.raw_id_into(&mut out.trace_id)?;
         } else {
             self.charge(16)?;
-            trace_id.to_vec()
-        };
+            out.trace_id.clear();
+            out.trace_id.extend_from_slice(trace_id);
+        }
         let mut base = prev_start;
-        let (parent_span_id, parent_pos) = match self.r(Stream::Parent).varint()? {
-            PARENT_NONE => (Vec::new(), None),
-            PARENT_RAW => (self.raw_id()?, None),
+        out.parent_span_id.clear();
+        let parent_pos = match self.r(Stream::Parent).varint()? {
+            PARENT_NONE => None,
+            PARENT_RAW => {
+                self.raw_id_into(&mut out.parent_span_id)?;
+                None
+            }
             v => {
                 let p = (pos as i64)
                     .checked_sub(unzigzag(v - PARENT_POS))
@@ -899,35 +955,40 @@ impl<'a> Decoder<'a> {
                     }
                 }
                 self.charge(8)?;
-                (Vec::new(), Some(p))
+                Some(p)
             }
         };
         let start = base.wrapping_add(self.r(Stream::Start).zigzag()? as u64);
-        let end = start.wrapping_add(self.r(Stream::Duration).zigzag()? as u64);
-        let trace_state = if flags & F_TRACE_STATE != 0 {
-            self.string(Stream::TraceState)?
+        out.start_time_unix_nano = start;
+        out.end_time_unix_nano = start.wrapping_add(self.r(Stream::Duration).zigzag()? as u64);
+        if flags & F_TRACE_STATE != 0 {
+            self.string_into(Stream::TraceState, &mut out.trace_state)?;
         } else {
-            String::new()
-        };
-        let name = self.string(Stream::Name)?;
-        let kind = self.r(Stream::Kind).i32()?;
-        let trace_flags = self.r(Stream::TraceFlags).u32()?;
-        let status = if flags & F_STATUS != 0 {
-            let code = self.r(Stream::StatusCode).i32()?;
-            let message = self.string(Stream::StatusMessage)?;
-            Some(Status { message, code })
-        } else {
-            None
-        };
-        let (mut dropped_attributes_count, mut dropped_events_count, mut dropped_links_count) =
-            (0, 0, 0);
-        if flags & F_DROPPED != 0 {
-            dropped_attributes_count = self.r(Stream::Dropped).u32()?;
-            dropped_events_count = self.r(Stream::Dropped).u32()?;
-            dropped_links_count = self.r(Stream::Dropped).u32()?;
+            out.trace_state.clear();
         }
-        let attributes = self.attributes()?;
-        let mut events = Vec::new();
+        self.string_into(Stream::Name, &mut out.name)?;
+        out.kind = self.r(Stream::Kind).i32()?;
+        out.flags = self.r(Stream::TraceFlags).u32()?;
+        if flags & F_STATUS != 0 {
+            let code = self.r(Stream::StatusCode).i32()?;
+            let status = out.status.get_or_insert_with(Status::default);
+            status.code = code;
+            self.string_into(Stream::StatusMessage, &mut status.message)?;
+        } else {
+            out.status = None;
+        }
+        (
+            out.dropped_attributes_count,
+            out.dropped_events_count,
+            out.dropped_links_count,
+        ) = (0, 0, 0);
+        if flags & F_DROPPED != 0 {
+            out.dropped_attributes_count = self.r(Stream::Dropped).u32()?;
+            out.dropped_events_count = self.r(Stream::Dropped).u32()?;
+            out.dropped_links_count = self.r(Stream::Dropped).u32()?;
+        }
+        self.attributes_into(&mut out.attributes)?;
+        out.events.clear();
         if flags & F_EVENTS != 0 {
             let n = self.r(Stream::EventCount).varint()?;
             for _ in 0..n {
@@ -936,7 +997,7 @@ impl<'a> Decoder<'a> {
                 let attributes = self.attributes()?;
                 let dropped = self.r(Stream::Dropped).u32()?;
                 self.charge(2)?;
-                events.push(span::Event {
+                out.events.push(span::Event {
                     time_unix_nano: time,
                     name,
                     attributes,
@@ -944,7 +1005,7 @@ impl<'a> Decoder<'a> {
                 });
             }
         }
-        let mut links = Vec::new();
+        out.links.clear();
         if flags & F_LINKS != 0 {
             let n = self.r(Stream::LinkCount).varint()?;
             for _ in 0..n {
@@ -955,7 +1016,7 @@ impl<'a> Decoder<'a> {
                 let attributes = self.attributes()?;
                 let dropped = self.r(Stream::Dropped).u32()?;
                 let flags = self.r(Stream::TraceFlags).u32()?;
-                links.push(span::Link {
+                out.links.push(span::Link {
                     trace_id: tid.to_vec(),
                     span_id: sid.to_vec(),
                     trace_state,
@@ -966,27 +1027,7 @@ impl<'a> Decoder<'a> {
             }
         }
         self.charge(2)?;
-        Ok((
-            Span {
-                trace_id,
-                span_id,
-                trace_state,
-                parent_span_id,
-                flags: trace_flags,
-                name,
-                kind,
-                start_time_unix_nano: start,
-                end_time_unix_nano: end,
-                attributes,
-                dropped_attributes_count,
-                events,
-                dropped_events_count,
-                links,
-                dropped_links_count,
-                status,
-            },
-            parent_pos,
-        ))
+        Ok(parent_pos)
     }
 }
 
@@ -1045,86 +1086,221 @@ type Groups = Vec<(u32, Vec<(u32, Vec<Span>)>)>;
 
 /// Decodes a columnar page back into a row page that [`super::entries`] iterates.
 pub(crate) fn decode(columnar: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let p = parse(columnar)?;
-    let mut streams = p.streams;
-    let mut dict = Vec::new();
-    {
-        let mut lens = streams[Stream::DictLen as usize];
-        let mut bytes = streams[Stream::DictBytes as usize];
-        for _ in 0..p.dict {
-            let b = bytes.clone_take(&mut lens)?;
-            dict.push(
-                std::str::from_utf8(b)
-                    .map_err(|_| bad("dictionary bytes: a string is not UTF-8"))?,
-            );
-        }
-        lens.end()?;
-        bytes.end()?;
-        streams[Stream::DictLen as usize] = lens;
-        streams[Stream::DictBytes as usize] = bytes;
-    }
-    let resources: Vec<TableEntry<Resource>> =
-        read_table(&mut streams[Stream::Resources as usize], p.resources)?;
-    let scopes: Vec<TableEntry<InstrumentationScope>> =
-        read_table(&mut streams[Stream::Scopes as usize], p.scopes)?;
-    let mut d = Decoder {
-        r: streams,
-        dict,
-        seen: 0,
-        budget: p.row_len,
-    };
-    // Never trust the declared length for the allocation up front.
-    let mut out = Vec::with_capacity((p.row_len as usize).min(columnar.len().saturating_mul(4)));
+    let mut out = Vec::new();
     let mut data_buf = Vec::new();
-    let mut spans: Vec<(u32, u32, Span, Option<usize>)> = Vec::new();
-    let mut starts: Vec<u64> = Vec::new();
-    let mut groups: Groups = Vec::new();
-    let mut prev_start = 0u64;
-    let mut total_spans = 0u64;
-    for _ in 0..p.traces {
-        let id = d.r(Stream::TraceId).array::<16>()?;
-        let start_ns = prev_start.wrapping_add(d.r(Stream::TraceStart).zigzag()? as u64);
-        prev_start = start_ns;
-        let end_ns = start_ns.wrapping_add(d.r(Stream::TraceEnd).zigzag()? as u64);
+    decode_each(columnar, &mut |t| {
+        if out.is_empty() {
+            // Never trust the declared length for the allocation up front.
+            out.reserve((t.row_len as usize).min(columnar.len().saturating_mul(4)));
+        }
+        data_buf.clear();
+        t.data.encode_raw(&mut data_buf);
+        push_entry(
+            &mut out,
+            &t.id,
+            t.span_count,
+            t.start_ns,
+            t.end_ns,
+            &data_buf,
+        );
+        if out.len() as u64 > t.row_len {
+            return Err(bad("the entries are longer than the row page length"));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// One trace of a columnar page, decoded.
+pub(crate) struct DecodedTrace {
+    pub id: [u8; 16],
+    pub span_count: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub data: TracesData,
+    /// The page's declared row length (for [`decode`]'s check).
+    row_len: u64,
+}
+
+/// Decodes a columnar page into its traces, without the row encoding in between.
+pub(crate) fn decode_traces(columnar: &[u8]) -> Result<Vec<DecodedTrace>, StoreError> {
+    let mut out = Vec::new();
+    decode_each(columnar, &mut |t| {
+        out.push(t);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A span of the trace being decoded, with its table indexes and parent position.
+#[derive(Default)]
+struct PosSpan {
+    res: u32,
+    scope: u32,
+    span: Span,
+    parent: Option<usize>,
+}
+
+/// Decodes a columnar page trace by trace.
+struct PageDecoder<'a> {
+    d: Decoder<'a>,
+    resources: Vec<TableEntry<Resource>>,
+    scopes: Vec<TableEntry<InstrumentationScope>>,
+    row_len: u64,
+    traces_left: u64,
+    spans_declared: u64,
+    spans_read: u64,
+    prev_start: u64,
+    starts: Vec<u64>,
+    id_buf: Vec<u8>,
+}
+
+/// The trace [`PageDecoder::next_trace`] decoded: its spans are the first `n` of `spans`
+/// (a pool whose allocations the next trace reuses).
+#[derive(Default)]
+struct TraceBuf {
+    id: [u8; 16],
+    span_count: u32,
+    start_ns: u64,
+    end_ns: u64,
+    n: usize,
+    spans: Vec<PosSpan>,
+}
+
+impl<'a> PageDecoder<'a> {
+    fn new(columnar: &'a [u8]) -> Result<Self, StoreError> {
+        let p = parse(columnar)?;
+        let mut streams = p.streams;
+        let mut dict = Vec::new();
+        {
+            let mut lens = streams[Stream::DictLen as usize];
+            let mut bytes = streams[Stream::DictBytes as usize];
+            for _ in 0..p.dict {
+                let b = bytes.clone_take(&mut lens)?;
+                dict.push(
+                    std::str::from_utf8(b)
+                        .map_err(|_| bad("dictionary bytes: a string is not UTF-8"))?,
+                );
+            }
+            lens.end()?;
+            bytes.end()?;
+            streams[Stream::DictLen as usize] = lens;
+            streams[Stream::DictBytes as usize] = bytes;
+        }
+        let resources = read_table(&mut streams[Stream::Resources as usize], p.resources)?;
+        let scopes = read_table(&mut streams[Stream::Scopes as usize], p.scopes)?;
+        Ok(Self {
+            d: Decoder {
+                r: streams,
+                dict,
+                seen: 0,
+                budget: p.row_len,
+            },
+            resources,
+            scopes,
+            row_len: p.row_len,
+            traces_left: p.traces,
+            spans_declared: p.spans,
+            spans_read: 0,
+            prev_start: 0,
+            starts: Vec::new(),
+            id_buf: Vec::new(),
+        })
+    }
+
+    /// Decodes the next trace into `t`; `false` when the page has no more (then every
+    /// stream must have been read to its end).
+    fn next_trace(&mut self, t: &mut TraceBuf) -> Result<bool, StoreError> {
+        if self.traces_left == 0 {
+            if self.spans_read != self.spans_declared {
+                return Err(bad(format!(
+                    "header: {} spans, the streams hold {}",
+                    self.spans_declared, self.spans_read
+                )));
+            }
+            for r in &self.d.r {
+                r.end()?;
+            }
+            return Ok(false);
+        }
+        self.traces_left -= 1;
+        let d = &mut self.d;
+        t.id = d.r(Stream::TraceId).array::<16>()?;
+        t.start_ns = self
+            .prev_start
+            .wrapping_add(d.r(Stream::TraceStart).zigzag()? as u64);
+        self.prev_start = t.start_ns;
+        t.end_ns = t
+            .start_ns
+            .wrapping_add(d.r(Stream::TraceEnd).zigzag()? as u64);
         let n = d.r(Stream::TraceLen).varint()?;
-        let span_count = (n as i64)
+        t.span_count = (n as i64)
             .checked_add(d.r(Stream::TraceCount).zigzag()?)
             .and_then(|c| u32::try_from(c).ok())
             .ok_or_else(|| bad("trace entry counts: count out of range"))?;
-        spans.clear();
-        starts.clear();
-        let mut prev = start_ns;
+        // Every span costs at least 2 bytes of the row page: a corrupt count cannot make the
+        // pool grow past what the page declares.
+        if n > d.budget / 2 + 1 {
+            return Err(bad("trace span counts: more spans than the page holds"));
+        }
+        let n = n as usize;
+        self.starts.clear();
+        let mut prev = t.start_ns;
         for pos in 0..n {
+            if pos == t.spans.len() {
+                t.spans.push(PosSpan::default());
+            }
             let res = d.r(Stream::SpanResource).u32()?;
             let scope = d.r(Stream::SpanScope).u32()?;
-            if res as usize >= resources.len() {
+            if res as usize >= self.resources.len() {
                 return Err(bad(format!("span resources: no resource {res}")));
             }
-            if scope as usize >= scopes.len() {
+            if scope as usize >= self.scopes.len() {
                 return Err(bad(format!("span scopes: no scope {scope}")));
             }
-            let (span, parent) = d.span(&id, pos as usize, prev, &starts)?;
-            prev = span.start_time_unix_nano;
-            starts.push(prev);
-            spans.push((res, scope, span, parent));
+            let slot = &mut t.spans[pos];
+            slot.res = res;
+            slot.scope = scope;
+            slot.parent = d.span_into(&mut slot.span, &t.id, pos, prev, &self.starts)?;
+            prev = slot.span.start_time_unix_nano;
+            self.starts.push(prev);
         }
-        total_spans += n;
+        t.n = n;
+        self.spans_read += n as u64;
         // Parents by position, now that every span id of the trace is known.
-        for i in 0..spans.len() {
-            if let Some(p) = spans[i].3 {
-                let parent = spans
-                    .get(p)
-                    .map(|s| s.2.span_id.clone())
-                    .ok_or_else(|| bad(format!("parents: no span at position {p}")))?;
-                spans[i].2.parent_span_id = parent;
+        for i in 0..n {
+            if let Some(p) = t.spans[i].parent {
+                if p >= n {
+                    return Err(bad(format!("parents: no span at position {p}")));
+                }
+                self.id_buf.clear();
+                self.id_buf.extend_from_slice(&t.spans[p].span.span_id);
+                let parent = &mut t.spans[i].span.parent_span_id;
+                parent.clear();
+                parent.extend_from_slice(&self.id_buf);
             }
         }
+        Ok(true)
+    }
+}
+
+/// Decodes a columnar page, passing each trace to `sink` in page order.
+fn decode_each(
+    columnar: &[u8],
+    sink: &mut dyn FnMut(DecodedTrace) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut pd = PageDecoder::new(columnar)?;
+    let mut t = TraceBuf::default();
+    let mut groups: Groups = Vec::new();
+    while pd.next_trace(&mut t)? {
         groups.clear();
-        for (res, scope, span, _) in spans.drain(..) {
+        for ps in t.spans.iter_mut().take(t.n) {
+            let (res, scope) = (ps.res, ps.scope);
+            let span = std::mem::take(&mut ps.span);
             let g = match groups.iter().position(|g| g.0 == res) {
                 Some(g) => g,
                 None => {
-                    d.charge(resources[res as usize].cost + 2)?;
+                    pd.d.charge(pd.resources[res as usize].cost + 2)?;
                     groups.push((res, Vec::new()));
                     groups.len() - 1
                 }
@@ -1133,13 +1309,14 @@ pub(crate) fn decode(columnar: &[u8]) -> Result<Vec<u8>, StoreError> {
             let s = match scopes_of.iter().position(|s| s.0 == scope) {
                 Some(s) => s,
                 None => {
-                    d.charge(scopes[scope as usize].cost + 2)?;
+                    pd.d.charge(pd.scopes[scope as usize].cost + 2)?;
                     scopes_of.push((scope, Vec::new()));
                     scopes_of.len() - 1
                 }
             };
             scopes_of[s].1.push(span);
         }
+        let (resources, scopes) = (&pd.resources, &pd.scopes);
         let data = TracesData {
             resource_spans: groups
                 .drain(..)
@@ -1163,23 +1340,41 @@ pub(crate) fn decode(columnar: &[u8]) -> Result<Vec<u8>, StoreError> {
                 })
                 .collect(),
         };
-        data_buf.clear();
-        data.encode_raw(&mut data_buf);
-        push_entry(&mut out, &id, span_count, start_ns, end_ns, &data_buf);
-        if out.len() as u64 > p.row_len {
-            return Err(bad("the entries are longer than the row page length"));
+        sink(DecodedTrace {
+            id: t.id,
+            span_count: t.span_count,
+            start_ns: t.start_ns,
+            end_ns: t.end_ns,
+            data,
+            row_len: pd.row_len,
+        })?;
+    }
+    Ok(())
+}
+
+/// Called by [`for_each_span`] with a span's trace id, trace start and end, the span and its
+/// resource; returns `false` to stop.
+pub(crate) type ColumnarSpanVisit<'v> =
+    dyn FnMut(&[u8; 16], u64, u64, &Span, Option<&Resource>) -> bool + 'v;
+
+/// Calls `visit` with every span of a columnar page (in page order, with its trace's id,
+/// start and end, and its resource), decoding into buffers reused from span to span: no
+/// trace is assembled. Stops early when `visit` returns `false` (then returns `false`).
+pub(crate) fn for_each_span(
+    columnar: &[u8],
+    visit: &mut ColumnarSpanVisit<'_>,
+) -> Result<bool, StoreError> {
+    let mut pd = PageDecoder::new(columnar)?;
+    let mut t = TraceBuf::default();
+    while pd.next_trace(&mut t)? {
+        for ps in &t.spans[..t.n] {
+            let resource = pd.resources[ps.res as usize].message.as_ref();
+            if !visit(&t.id, t.start_ns, t.end_ns, &ps.span, resource) {
+                return Ok(false);
+            }
         }
     }
-    if total_spans != p.spans {
-        return Err(bad(format!(
-            "header: {} spans, the streams hold {total_spans}",
-            p.spans
-        )));
-    }
-    for r in &d.r {
-        r.end()?;
-    }
-    Ok(out)
+    Ok(true)
 }
 
 impl<'a> Reader<'a> {
@@ -1800,10 +1995,75 @@ pub(crate) mod tests {
         }
     }
 
+    /// (trace id, trace start, trace end, encoded span, encoded resource) of each span.
+    type Seen = Vec<([u8; 16], u64, u64, Vec<u8>, Option<Vec<u8>>)>;
+
+    fn visited(columnar: &[u8]) -> Seen {
+        let mut got = Vec::new();
+        let all = for_each_span(columnar, &mut |id, start, end, span, resource| {
+            got.push((
+                *id,
+                start,
+                end,
+                span.encode_to_vec(),
+                resource.map(Message::encode_to_vec),
+            ));
+            true
+        })
+        .unwrap();
+        assert!(all);
+        got
+    }
+
+    #[test]
+    fn spans_visited_in_place_are_the_decoded_spans() {
+        for seed in 0..60 {
+            let entries = random_entries(seed, 1 + seed as usize % 9);
+            let columnar = encode(&row_page(&entries)).unwrap();
+            let mut want: Seen = Vec::new();
+            for t in decode_traces(&columnar).unwrap() {
+                for rs in &t.data.resource_spans {
+                    for ss in &rs.scope_spans {
+                        for span in &ss.spans {
+                            want.push((
+                                t.id,
+                                t.start_ns,
+                                t.end_ns,
+                                span.encode_to_vec(),
+                                rs.resource.as_ref().map(Message::encode_to_vec),
+                            ));
+                        }
+                    }
+                }
+            }
+            // Decoding groups a trace's spans by resource and scope; visiting keeps the
+            // page's order: the same spans, each with its own values (nothing left over from
+            // the span decoded before it into the same buffers).
+            let mut got = visited(&columnar);
+            assert_eq!(got.len(), want.len(), "seed {seed}");
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "seed {seed}");
+        }
+        let columnar = encode(&row_page(&realistic_entries(5, 3000))).unwrap();
+        let spans = visited(&columnar).len();
+        assert_eq!(spans, 3000);
+        let mut n = 0;
+        let all = for_each_span(&columnar, &mut |_, _, _, _, _| {
+            n += 1;
+            n < 10
+        })
+        .unwrap();
+        assert!(!all);
+        assert_eq!(n, 10, "the visit stops when told to");
+    }
+
     #[test]
     fn only_exact_lowercase_uuids_are_stored_as_bytes() {
         let u = "0123abcd-4567-89ef-0a1b-2c3d4e5f6789";
-        assert_eq!(format_uuid(&parse_uuid(u).unwrap()), u);
+        let mut text = String::new();
+        format_uuid_into(&parse_uuid(u).unwrap(), &mut text);
+        assert_eq!(text, u);
         for not in [
             "0123ABCD-4567-89ef-0a1b-2c3d4e5f6789",
             "0123abcd-4567-89ef-0a1b-2c3d4e5f678",
@@ -1900,6 +2160,24 @@ pub(crate) mod tests {
             }
         }
         assert!(errors > 1000, "{errors}");
+        // Visiting spans in place meets the same corruptions, also without a panic.
+        let mut visit_errors = 0;
+        for _ in 0..3000 {
+            let mut bad = columnar.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..bad.len());
+                bad[i] ^= rng.random_range(1..=255u8);
+            }
+            match for_each_span(&bad, &mut |_, _, _, _, _| true) {
+                Ok(_) => {}
+                Err(StoreError::Corrupt { .. }) => visit_errors += 1,
+                Err(other) => panic!("not a corruption: {other}"),
+            }
+        }
+        assert!(visit_errors > 1000, "{visit_errors}");
+        for len in 0..columnar.len() {
+            assert!(for_each_span(&columnar[..len], &mut |_, _, _, _, _| true).is_err());
+        }
         for n in 0..200 {
             let junk: Vec<u8> = (0..n).map(|_| rng.random()).collect();
             let _ = decode(&junk);

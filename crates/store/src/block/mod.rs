@@ -24,9 +24,11 @@
 pub(crate) mod columnar;
 pub(crate) mod split;
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 
 use prost::Message;
+use sextant_otlp_proto::proto::{Resource, ResourceSpans, Span, TracesData};
 use sextant_otlp_proto::wire::ValueRef;
 use sextant_otlp_proto::TraceId;
 use xorf::{BinaryFuse8, Filter as _};
@@ -533,6 +535,19 @@ pub struct EntryRef<'a> {
     pub data: &'a [u8],
 }
 
+/// Called by [`OpenBlock::for_each_page_span`] with each span, its trace's id, start and end,
+/// and its resource; returns `false` to stop.
+pub type PageSpanVisit<'v> = dyn FnMut(&TraceId, u64, u64, &Span, Option<&Resource>) -> bool + 'v;
+
+/// One trace of a page, decoded.
+#[derive(Debug, Clone)]
+pub struct PageTrace {
+    pub id: TraceId,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub resource_spans: Vec<ResourceSpans>,
+}
+
 /// The entries of a decompressed page.
 pub fn entries<'a>(
     name: &'a str,
@@ -649,9 +664,40 @@ impl OpenBlock {
         terms.iter().all(|t| filter.contains(*t))
     }
 
-    /// Reads, checks and decompresses page `i`, giving its row page (decoding the columnar
-    /// page of a format-2 block).
-    pub fn read_page(&self, store: &dyn BlockStore, i: usize) -> Result<Vec<u8>, StoreError> {
+    /// Reads, checks and decompresses page `i` (a row page, or a columnar one in a format-2
+    /// block).
+    fn page_bytes(&self, store: &dyn BlockStore, i: usize) -> Result<Vec<u8>, StoreError> {
+        let bytes = self.page_compressed(store, i)?;
+        let mut raw = Vec::new();
+        self.decompress_page(i, &bytes, &mut raw)?;
+        Ok(raw)
+    }
+
+    /// Decompresses page `i`'s `bytes` into `out` (with this thread's decompression context:
+    /// no context is made per page).
+    fn decompress_page(&self, i: usize, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StoreError> {
+        thread_local! {
+            static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                const { RefCell::new(None) };
+        }
+        let raw_len = self.meta.pages.get(i).map_or(0, |p| p.raw_len as usize);
+        let bad =
+            |e: std::io::Error| corrupt(&self.name, format!("page {i}: bad compression: {e}"));
+        out.clear();
+        out.reserve(raw_len);
+        DECOMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let d = match cell.as_mut() {
+                Some(d) => d,
+                None => cell.insert(zstd::bulk::Decompressor::new().map_err(bad)?),
+            };
+            d.decompress_to_buffer(bytes, out).map_err(bad)?;
+            Ok(())
+        })
+    }
+
+    /// The compressed bytes of page `i`, their checksum checked.
+    fn page_compressed(&self, store: &dyn BlockStore, i: usize) -> Result<Vec<u8>, StoreError> {
         let p = self
             .meta
             .pages
@@ -661,17 +707,108 @@ impl OpenBlock {
         if crc32fast::hash(&bytes) != p.crc {
             return Err(corrupt(&self.name, format!("page {i} checksum mismatch")));
         }
-        let raw = zstd::bulk::decompress(&bytes, p.raw_len as usize)
-            .map_err(|e| corrupt(&self.name, format!("page {i}: bad compression: {e}")))?;
+        Ok(bytes)
+    }
+
+    /// Calls `visit` with every span of page `i` (with its trace's id, start and end, and its
+    /// resource), in page order, until it returns `false` (then returns `false`). In a
+    /// format-2 block the spans are decoded straight from the columns into buffers reused
+    /// from span to span: nothing is allocated per span once they have grown.
+    pub fn for_each_page_span(
+        &self,
+        store: &dyn BlockStore,
+        i: usize,
+        visit: &mut PageSpanVisit<'_>,
+    ) -> Result<bool, StoreError> {
         if self.meta.format == FORMAT_ROWS {
-            return Ok(raw);
+            for t in self.read_page_traces(store, i)? {
+                for rs in &t.resource_spans {
+                    for ss in &rs.scope_spans {
+                        for span in &ss.spans {
+                            if !visit(&t.id, t.start_ns, t.end_ns, span, rs.resource.as_ref()) {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+            }
+            return Ok(true);
         }
-        columnar::decode(&raw).map_err(|e| match e {
+        thread_local! {
+            static PAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let bytes = self.page_compressed(store, i)?;
+        PAGE.with(|cell| {
+            // A visit that scans again on this thread gets a buffer of its own.
+            let mut own = Vec::new();
+            let mut borrowed = cell.try_borrow_mut().ok();
+            let raw = borrowed.as_deref_mut().unwrap_or(&mut own);
+            self.decompress_page(i, &bytes, raw)?;
+            let mut id = TraceId::default();
+            columnar::for_each_span(raw, &mut |tid, start, end, span, resource| {
+                id.0 = *tid;
+                visit(&id, start, end, span, resource)
+            })
+            .map_err(|e| self.columnar_error(i, e))
+        })
+    }
+
+    fn columnar_error(&self, i: usize, e: StoreError) -> StoreError {
+        match e {
             StoreError::Corrupt { problem, .. } => {
                 corrupt(&self.name, format!("page {i}: columnar: {problem}"))
             }
             other => other,
-        })
+        }
+    }
+
+    /// Reads, checks and decompresses page `i`, giving its row page (decoding the columnar
+    /// page of a format-2 block).
+    pub fn read_page(&self, store: &dyn BlockStore, i: usize) -> Result<Vec<u8>, StoreError> {
+        let raw = self.page_bytes(store, i)?;
+        if self.meta.format == FORMAT_ROWS {
+            return Ok(raw);
+        }
+        columnar::decode(&raw).map_err(|e| self.columnar_error(i, e))
+    }
+
+    /// Reads page `i` and decodes its traces (straight from the columns in a format-2 block,
+    /// with no row encoding in between), in page order.
+    pub fn read_page_traces(
+        &self,
+        store: &dyn BlockStore,
+        i: usize,
+    ) -> Result<Vec<PageTrace>, StoreError> {
+        let raw = self.page_bytes(store, i)?;
+        if self.meta.format == FORMAT_ROWS {
+            let mut out = Vec::new();
+            for e in entries(&self.name, &raw) {
+                let e = e?;
+                let data = TracesData::decode(e.data).map_err(|err| {
+                    corrupt(
+                        &self.name,
+                        format!("trace {}: bad protobuf: {err}", e.id.to_hex()),
+                    )
+                })?;
+                out.push(PageTrace {
+                    id: e.id,
+                    start_ns: e.start_ns,
+                    end_ns: e.end_ns,
+                    resource_spans: data.resource_spans,
+                });
+            }
+            return Ok(out);
+        }
+        let traces = columnar::decode_traces(&raw).map_err(|e| self.columnar_error(i, e))?;
+        Ok(traces
+            .into_iter()
+            .map(|t| PageTrace {
+                id: TraceId(t.id),
+                start_ns: t.start_ns,
+                end_ns: t.end_ns,
+                resource_spans: t.data.resource_spans,
+            })
+            .collect())
     }
 
     /// The trace's entry (`TracesData` bytes) in this block, if it is here.
