@@ -709,9 +709,10 @@ pub fn log2_quantile(p: f64, buckets: &[(f64, u64)]) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::eval::SpanView;
     use super::super::parser::parse_metrics;
     use super::*;
-    use sextant_otlp_proto::attr::kv_str;
+    use sextant_otlp_proto::attr::{kv_int, kv_str};
     use sextant_otlp_proto::proto::{Resource, ScopeSpans, Span};
 
     const S: u64 = 1_000_000_000;
@@ -804,6 +805,175 @@ mod tests {
             m.observe(TraceId([2; 16]), &trace("b", &[(S, S)])),
             Err(MetricsError::TooManySeries { limit: 1 })
         );
+    }
+
+    /// Traces of varied spans: services and regions on resources, several kinds and statuses,
+    /// span attributes that are sometimes missing (an int, a string, an exactly representable
+    /// double, so sums do not depend on order), an event on some spans.
+    fn varied_traces() -> Vec<Vec<ResourceSpans>> {
+        use sextant_otlp_proto::proto::common::{any_value::Value as V, AnyValue, KeyValue};
+        use sextant_otlp_proto::proto::span::Event;
+        use sextant_otlp_proto::proto::Status;
+        let mut seed = 0x5eed_u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let double = |key: &str, v: f64| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(V::DoubleValue(v)),
+            }),
+            ..Default::default()
+        };
+        (0..60u64)
+            .map(|t| {
+                (0..1 + next(3))
+                    .map(|r| {
+                        let service = ["api", "db", "web"][next(3) as usize];
+                        let mut resource = vec![kv_str("service.name", service)];
+                        if next(2) == 0 {
+                            resource.push(kv_str("region", ["eu", "us"][next(2) as usize]));
+                        }
+                        let spans = (0..1 + next(6))
+                            .map(|i| {
+                                let start = (next(600) + 1) * S + next(1000);
+                                let mut attributes = Vec::new();
+                                if next(4) != 0 {
+                                    let code = [200, 404, 500, 503][next(4) as usize];
+                                    attributes.push(kv_int("http.status_code", code));
+                                }
+                                if next(3) != 0 {
+                                    let route = ["/a", "/b", "/c/d"][next(3) as usize];
+                                    attributes.push(kv_str("route", route));
+                                }
+                                if next(2) == 0 {
+                                    attributes.push(double("load", next(16) as f64 * 0.25));
+                                }
+                                Span {
+                                    trace_id: vec![t as u8 + 1; 16],
+                                    span_id: [t as u8, r as u8, i as u8, 1, 2, 3, 4, 5].to_vec(),
+                                    name: ["GET", "POST", "query"][next(3) as usize].into(),
+                                    kind: next(6) as i32,
+                                    start_time_unix_nano: start,
+                                    end_time_unix_nano: start + (1 << next(34)),
+                                    attributes,
+                                    events: if next(5) == 0 {
+                                        vec![Event {
+                                            name: "retry".into(),
+                                            time_unix_nano: start,
+                                            ..Default::default()
+                                        }]
+                                    } else {
+                                        Vec::new()
+                                    },
+                                    status: Some(Status {
+                                        code: next(3) as i32,
+                                        message: String::new(),
+                                    }),
+                                    ..Default::default()
+                                }
+                            })
+                            .collect();
+                        ResourceSpans {
+                            resource: Some(Resource {
+                                attributes: resource,
+                                ..Default::default()
+                            }),
+                            scope_spans: vec![ScopeSpans {
+                                spans,
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn span_by_span_counts_what_the_trace_path_counts() {
+        let traces = varied_traces();
+        let ranges = [
+            MetricsRange::range(0, 700 * S, 60 * S),
+            MetricsRange::range(30 * S, 400 * S, 7 * S),
+            MetricsRange::instant(0, 700 * S),
+        ];
+        let queries = [
+            "{ } | rate()",
+            "{ } | count_over_time() by (resource.service.name)",
+            "{ status = error } | rate() by (resource.service.name, span.route)",
+            "{ span.http.status_code >= 500 } | count_over_time() by (span.http.status_code)",
+            "{ resource.region = \"eu\" || kind = server } | rate() by (name, kind)",
+            "{ .route =~ \"/c.*\" && duration > 1ms } | count_over_time() by (.region)",
+            "{ event:name = \"retry\" } | count_over_time() by (status)",
+            "{ span.route != \"/a\" } | min_over_time(duration) by (resource.service.name)",
+            "{ } | max_over_time(span.http.status_code) by (span.route)",
+            "{ } | avg_over_time(span.load) by (resource.service.name)",
+            "{ name = \"GET\" } | sum_over_time(span.load)",
+            "{ } | histogram_over_time(duration) by (resource.service.name)",
+            "{ kind != internal } | quantile_over_time(duration, 0.5, 0.9, 0.99) by (name)",
+            "{ span.missing = 1 } | rate()",
+            "{ } | count_over_time() by (span.missing)",
+        ];
+        for q in queries {
+            for range in ranges {
+                let query = parse_metrics(q).unwrap();
+                let mut by_trace = MetricsEval::new(query.clone(), range, 1000);
+                let mut by_span = MetricsEval::new(query, range, 1000);
+                assert!(by_span.span_local(), "{q} should be span-local");
+                for (i, t) in traces.iter().enumerate() {
+                    by_trace.observe(TraceId([i as u8 + 1; 16]), t).unwrap();
+                    for rs in t {
+                        for ss in &rs.scope_spans {
+                            for span in &ss.spans {
+                                by_span
+                                    .observe_span(&SpanView::new(span, rs.resource.as_ref()))
+                                    .unwrap();
+                            }
+                        }
+                    }
+                }
+                let (a, b) = (by_trace.finish(), by_span.finish());
+                assert!(!a.is_empty() || q.contains("missing = 1"), "{q}: no series");
+                assert_eq!(by_span.spans_counted(), by_trace.spans_counted(), "{q}");
+                let shape = |s: &[Series]| -> Vec<(String, Vec<(i64, u64)>)> {
+                    s.iter()
+                        .map(|s| {
+                            let samples = s.samples.iter().map(|(t, v)| (*t, v.to_bits()));
+                            (s.prom_labels.clone(), samples.collect())
+                        })
+                        .collect()
+                };
+                assert_eq!(shape(&b), shape(&a), "{q} over {range:?}");
+                for (x, y) in a.iter().zip(&b) {
+                    assert_eq!(x.labels, y.labels, "{q}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn queries_needing_the_trace_are_not_span_local() {
+        for q in [
+            "{ trace:duration > 1s } | rate()",
+            "{ } | rate() by (trace:rootService)",
+            "{ instrumentation.name = \"x\" } | rate()",
+            "{ } | count_over_time() by (instrumentation.name)",
+            "{ .a = 1 } >> { .b = 2 } | rate()",
+            "{ .a = 1 } && { .b = 2 } | rate()",
+            "{ } | count() > 2 | rate()",
+            "{ } | max_over_time(trace:duration)",
+        ] {
+            let Ok(query) = parse_metrics(q) else {
+                panic!("{q} does not parse")
+            };
+            let m = MetricsEval::new(query, MetricsRange::instant(0, S), 10);
+            assert!(!m.span_local(), "{q} should need its trace");
+        }
     }
 
     #[test]
