@@ -39,15 +39,101 @@ pub use sextant_otlp_proto::SpanBatch as TraceBatch;
 pub struct ExportOutcome {
     pub rejected_spans: u64,
     pub message: String,
+    /// The refused spans by trace, as far as the stage that refused them can say (the store
+    /// can: it refuses a trace's spans in a write whole). Their sum is at most
+    /// `rejected_spans`; the rest are *unattributed* (a downstream backend's OTLP partial
+    /// success names no traces). A stage that merges requests (the batch processor) uses them
+    /// to tell each request about its own spans only.
+    pub rejected_traces: Vec<RejectedTrace>,
+}
+
+/// Spans of one trace that were refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedTrace {
+    pub trace_id: sextant_otlp_proto::TraceId,
+    /// How many of the batch's spans of this trace were refused.
+    pub spans: u64,
+    /// Why, naming the trace (empty: the outcome's `message` says).
+    pub reason: String,
 }
 
 impl ExportOutcome {
-    /// Combines the outcomes of several batches.
+    /// Combines the outcomes of several batches (holding different spans): counts add up, per
+    /// trace too; the first message is kept.
     pub fn merge(&mut self, other: &ExportOutcome) {
         self.rejected_spans += other.rejected_spans;
         if self.message.is_empty() {
             self.message = other.message.clone();
         }
+        if self.rejected_traces.is_empty() {
+            self.rejected_traces = other.rejected_traces.clone();
+            return;
+        }
+        let mut at: rustc_hash::FxHashMap<sextant_otlp_proto::TraceId, usize> = self
+            .rejected_traces
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.trace_id, i))
+            .collect();
+        for t in &other.rejected_traces {
+            match at.get(&t.trace_id) {
+                Some(&i) => {
+                    let mine = &mut self.rejected_traces[i];
+                    mine.spans += t.spans;
+                    if mine.reason.is_empty() {
+                        mine.reason = t.reason.clone();
+                    }
+                }
+                None => {
+                    at.insert(t.trace_id, self.rejected_traces.len());
+                    self.rejected_traces.push(t.clone());
+                }
+            }
+        }
+    }
+
+    /// Combines the outcomes of the *same* spans sent to several consumers (a fan-out to
+    /// pipelines), so that a span refused by two of them counts once: per trace the larger
+    /// count is kept, and of the unattributed refusals too; the first message is kept. This is
+    /// exact when the consumers refused the same spans (two stores refuse a trace's part of a
+    /// write whole), else the fewest that were refused.
+    pub fn merge_same(&mut self, other: &ExportOutcome) {
+        let unattributed = self.unattributed_spans().max(other.unattributed_spans());
+        if self.message.is_empty() {
+            self.message = other.message.clone();
+        }
+        let mut at: rustc_hash::FxHashMap<sextant_otlp_proto::TraceId, usize> = self
+            .rejected_traces
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.trace_id, i))
+            .collect();
+        for t in &other.rejected_traces {
+            match at.get(&t.trace_id) {
+                Some(&i) => {
+                    let mine = &mut self.rejected_traces[i];
+                    mine.spans = mine.spans.max(t.spans);
+                    if mine.reason.is_empty() {
+                        mine.reason = t.reason.clone();
+                    }
+                }
+                None => {
+                    at.insert(t.trace_id, self.rejected_traces.len());
+                    self.rejected_traces.push(t.clone());
+                }
+            }
+        }
+        self.rejected_spans = self.attributed_spans() + unattributed;
+    }
+
+    /// The refused spans the outcome attributes to traces.
+    pub fn attributed_spans(&self) -> u64 {
+        self.rejected_traces.iter().map(|t| t.spans).sum()
+    }
+
+    /// The refused spans the outcome attributes to no trace.
+    pub fn unattributed_spans(&self) -> u64 {
+        self.rejected_spans.saturating_sub(self.attributed_spans())
     }
 }
 

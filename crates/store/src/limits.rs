@@ -35,6 +35,7 @@ use sextant_otlp_proto::{SpanBatch, TraceId};
 
 use crate::block::split;
 use crate::error::StoreError;
+use crate::types::RejectedTrace;
 
 /// The attribute that lists, on a span, resource, event or link, the keys whose values the
 /// store truncated.
@@ -165,6 +166,9 @@ pub(crate) struct Limited {
     pub reserved: TraceSizes,
     pub rejected_spans: u64,
     pub rejection: String,
+    /// The traces refused, in the order they first appear in the write (their spans add up
+    /// to `rejected_spans`).
+    pub refused: Vec<RejectedTrace>,
 }
 
 /// One trace refused by a write.
@@ -274,6 +278,7 @@ impl TraceLimiter {
             reserved: TraceSizes::default(),
             rejected_spans: 0,
             rejection: String::new(),
+            refused: Vec::new(),
         };
         if limits.max_attribute_value_length == 0 && !limits.tracks_traces() {
             limited.batch = batch;
@@ -320,6 +325,14 @@ impl TraceLimiter {
             batch.span_count = batch.span_count.saturating_sub(spans as usize);
             limited.rejected_spans = spans;
             limited.rejection = describe(&refusals, spans);
+            limited.refused = refusals
+                .iter()
+                .map(|r| RejectedTrace {
+                    trace_id: r.id,
+                    spans: r.spans,
+                    reason: reason(r),
+                })
+                .collect();
             self.count_refusals(&refusals);
         }
         limited.batch = batch;
@@ -473,24 +486,29 @@ fn invalid(problem: String) -> StoreError {
     StoreError::InvalidData(format!("invalid protobuf: {problem}"))
 }
 
+/// Why one trace was refused: the trace, the limit and its spans refused.
+fn reason(r: &Refusal) -> String {
+    let unit = if r.limit == "max_bytes_per_trace" {
+        "bytes"
+    } else {
+        "spans"
+    };
+    format!(
+        "TRACE_TOO_LARGE: trace {} would reach {} {unit}, over {} {}; {} spans refused",
+        r.id.to_hex(),
+        r.would_reach,
+        r.limit,
+        r.max,
+        r.spans
+    )
+}
+
 /// The receipt's message: the first trace refused, and how many others.
 fn describe(refusals: &[Refusal], spans: u64) -> String {
     let Some(first) = refusals.first() else {
         return String::new();
     };
-    let unit = if first.limit == "max_bytes_per_trace" {
-        "bytes"
-    } else {
-        "spans"
-    };
-    let mut text = format!(
-        "TRACE_TOO_LARGE: trace {} would reach {} {unit}, over {} {}; {} spans refused",
-        first.id.to_hex(),
-        first.would_reach,
-        first.limit,
-        first.max,
-        first.spans
-    );
+    let mut text = reason(first);
     if refusals.len() > 1 {
         text.push_str(&format!(
             " (and {} more traces over a limit: {spans} spans refused in all)",

@@ -633,6 +633,7 @@ impl SledStore {
                 arrival_ns,
                 limited.rejected_spans,
                 limited.rejection,
+                limited.refused,
             )
             .await;
         if result.as_ref().map_or(true, |r| r.accepted_spans == 0) {
@@ -642,13 +643,16 @@ impl SledStore {
         result
     }
 
-    /// Stores what the limits left of a write; `rejected` spans were refused already.
+    /// Stores what the limits left of a write; `rejected` spans were refused already, those of
+    /// the `refused` traces. The receipt names those traces; the spans the encoding refuses
+    /// (an invalid trace id) are counted but belong to no trace, so they are named by none.
     async fn store_limited(
         &self,
         batch: SpanBatch,
         arrival_ns: u64,
         rejected: u64,
         rejection: String,
+        refused: Vec<RejectedTrace>,
     ) -> Result<WriteReceipt, StoreError> {
         let encoded = {
             // One read lock for the whole scan; new tags are inserted after it.
@@ -675,6 +679,7 @@ impl SledStore {
             accepted_spans: accepted,
             rejected_spans: encoded.rejected_spans + rejected,
             rejection,
+            rejected_traces: refused,
         };
         if accepted == 0 && new_tags.is_empty() {
             return Ok(receipt);

@@ -11,6 +11,22 @@ pub struct WriteReceipt {
     pub rejected_spans: u64,
     /// Why spans were rejected (empty when none were).
     pub rejection: String,
+    /// Every trace whose spans in the write were refused over a size limit ([`crate::Limits`]),
+    /// with how many and why. Spans refused for an invalid trace id are counted in
+    /// `rejected_spans` only: they belong to no trace, so the sum of these may be less.
+    pub rejected_traces: Vec<RejectedTrace>,
+}
+
+/// The spans of one trace that a write refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedTrace {
+    pub trace_id: TraceId,
+    /// How many of the write's spans of the trace were refused (a write's part of a trace is
+    /// refused whole).
+    pub spans: u64,
+    /// Why, naming the trace and the limit (as the first part of `WriteReceipt::rejection`
+    /// does for the first refused trace).
+    pub reason: String,
 }
 
 /// An optional time window in unix nanoseconds; `None` is unbounded.

@@ -143,6 +143,15 @@ async fn a_write_over_max_bytes_refuses_that_trace_and_stores_the_others() {
             tid(1).to_hex()
         )
     );
+    // The receipt names the refused trace, with its spans and the same reason.
+    assert_eq!(
+        r.rejected_traces,
+        vec![RejectedTrace {
+            trace_id: tid(1),
+            spans: 5,
+            reason: r.rejection.clone(),
+        }]
+    );
 
     // The other traces are stored; trace 1 keeps its earlier spans, only.
     assert_eq!(span_ids(&store, tid(2)), ids_of(&t2));
@@ -178,6 +187,25 @@ async fn several_traces_over_the_limit_name_the_first_and_count_the_rest() {
         "{}",
         r.rejection
     );
+    // Every refused trace is named, in the order of the write, each with its own reason.
+    let named: Vec<(TraceId, u64)> = r
+        .rejected_traces
+        .iter()
+        .map(|t| (t.trace_id, t.spans))
+        .collect();
+    assert_eq!(named, vec![(tid(4), 6), (tid(5), 7)]);
+    for t in &r.rejected_traces {
+        assert!(
+            t.reason.starts_with(&format!(
+                "TRACE_TOO_LARGE: trace {} would reach",
+                t.trace_id.to_hex()
+            )) && t.reason.contains("over max_bytes_per_trace 5000")
+                && t.reason.ends_with(&format!("; {} spans refused", t.spans)),
+            "{}",
+            t.reason
+        );
+    }
+    assert!(r.rejection.starts_with(&r.rejected_traces[0].reason));
     assert_eq!(span_ids(&store, tid(7)).len(), 2);
     assert!(store.trace(tid(4), TimeWindow::all()).unwrap().is_none());
     assert!(store.trace(tid(5), TimeWindow::all()).unwrap().is_none());
@@ -195,6 +223,7 @@ async fn the_span_limit_counts_the_live_spans_of_a_trace() {
         .await
         .unwrap();
     assert_eq!((r.accepted_spans, r.rejected_spans), (2, 0), "{r:?}");
+    assert!(r.rejected_traces.is_empty(), "{r:?}");
     // Two more would make 4: both are refused (a write's part of a trace is all or nothing).
     let r = store
         .write(encoded(vec![resource_spans(
@@ -210,6 +239,14 @@ async fn the_span_limit_counts_the_live_spans_of_a_trace() {
             "TRACE_TOO_LARGE: trace {} would reach 4 spans, over max_spans_per_trace 3; 2 spans refused",
             tid(1).to_hex()
         )
+    );
+    assert_eq!(
+        r.rejected_traces,
+        vec![RejectedTrace {
+            trace_id: tid(1),
+            spans: 2,
+            reason: r.rejection.clone(),
+        }]
     );
     // One more fits exactly.
     let r = store
@@ -231,6 +268,12 @@ async fn the_span_limit_counts_the_live_spans_of_a_trace() {
         .await
         .unwrap();
     assert_eq!((r.accepted_spans, r.rejected_spans), (0, 1), "{r:?}");
+    let named: Vec<(TraceId, u64)> = r
+        .rejected_traces
+        .iter()
+        .map(|t| (t.trace_id, t.spans))
+        .collect();
+    assert_eq!(named, vec![(tid(1), 1)]);
 }
 
 #[tokio::test]
@@ -248,6 +291,7 @@ async fn once_cut_into_a_block_a_trace_counts_from_zero_again() {
         .await
         .unwrap();
     assert_eq!(r.rejected_spans, 1, "{r:?}");
+    assert_eq!(r.rejected_traces.len(), 1, "{r:?}");
 
     // The cut moves the trace's live spans into a block: the map forgets it.
     store.flush_blocks().unwrap();
@@ -264,6 +308,33 @@ async fn once_cut_into_a_block_a_trace_counts_from_zero_again() {
     let mut all = first;
     all.extend(later);
     assert_eq!(span_ids(&store, tid(1)), ids_of(&all));
+}
+
+#[tokio::test]
+async fn spans_without_a_valid_trace_id_are_counted_but_named_by_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), limits(0, 2, 0));
+    let mut bad = span(2, 0, 0);
+    bad.trace_id = vec![2; 3];
+    let spans = vec![
+        span(1, 0, 0),
+        span(1, 1, 0),
+        span(1, 2, 0),
+        bad,
+        span(3, 0, 0),
+    ];
+    let r = store
+        .write(encoded(vec![resource_spans("a", spans)]))
+        .await
+        .unwrap();
+    assert_eq!((r.accepted_spans, r.rejected_spans), (1, 4), "{r:?}");
+    let named: Vec<(TraceId, u64)> = r
+        .rejected_traces
+        .iter()
+        .map(|t| (t.trace_id, t.spans))
+        .collect();
+    assert_eq!(named, vec![(tid(1), 3)]);
+    assert!(r.rejection.contains("3 bytes"), "{}", r.rejection);
 }
 
 fn s(v: &str) -> AnyValue {
@@ -469,6 +540,12 @@ async fn the_live_trace_map_is_bounded() {
         .await
         .unwrap();
     assert_eq!((r.accepted_spans, r.rejected_spans), (2, 4), "{r:?}");
+    let named: Vec<(TraceId, u64)> = r
+        .rejected_traces
+        .iter()
+        .map(|t| (t.trace_id, t.spans))
+        .collect();
+    assert_eq!(named, vec![(tid(1), 2), (tid(2), 2)]);
     assert_eq!(span_ids(&store, tid(3)).len(), 3);
     // Cutting the log empties the map.
     store.flush_blocks().unwrap();

@@ -333,9 +333,11 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn outcome_of(response: &ExportTraceServiceResponse) -> ExportOutcome {
     match &response.partial_success {
+        // A backend's partial success names no traces: the rejections stay unattributed.
         Some(p) if p.rejected_spans > 0 => ExportOutcome {
             rejected_spans: p.rejected_spans as u64,
             message: p.error_message.clone(),
+            rejected_traces: Vec::new(),
         },
         _ => ExportOutcome::default(),
     }
@@ -677,6 +679,7 @@ pub(crate) mod tests {
                 Ok(ExportOutcome {
                     rejected_spans: 1,
                     message: "invalid trace id".into(),
+                    ..Default::default()
                 })
             })
         }

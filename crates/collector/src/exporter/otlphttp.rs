@@ -352,9 +352,11 @@ impl Sender for HttpSender {
                     ExportTraceServiceResponse::decode(bytes.as_ref()).ok()
                 };
                 return Ok(match parsed.and_then(|r| r.partial_success) {
+                    // The backend names no traces: the rejections stay unattributed.
                     Some(p) if p.rejected_spans > 0 => ExportOutcome {
                         rejected_spans: p.rejected_spans as u64,
                         message: p.error_message,
+                        rejected_traces: Vec::new(),
                     },
                     _ => ExportOutcome::default(),
                 });

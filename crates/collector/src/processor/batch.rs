@@ -6,17 +6,31 @@
 //! are queued. While exports run (at most [`MAX_IN_FLIGHT`] at once), new requests gather into
 //! the next batch, so batches grow with load by themselves. Batches larger than
 //! `send_batch_max_size` are split.
+//!
+//! **Partial success.** A batch merges several requests, but each request is told only of its
+//! own spans that were refused: the export's [`ExportOutcome::rejected_traces`] are attributed
+//! to the requests holding spans of those traces (a request's share of a trace never exceeds
+//! its spans of it; a trace refused in part is attributed in arrival order). Refusals the
+//! outcome attributes to no trace (a backend's partial success names none) cannot be placed:
+//! every request is told of them, up to its own span count, with the outcome's message, so that
+//! no client is left thinking a refused span was stored. A request alone in its batch gets the
+//! outcome as it came.
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use prost::bytes::Bytes;
+use rustc_hash::FxHashMap;
 use sextant_otlp_proto::proto::{ResourceSpans, ScopeSpans};
+use sextant_otlp_proto::wire::{self, KeyValueRef, SpanRef, Visitor};
+use sextant_otlp_proto::TraceId;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::BatchConfig;
 use crate::error::PipelineError;
 use crate::metrics::CollectorMetrics;
-use crate::{BoxFuture, Consumer, ExportOutcome, TraceBatch};
+use crate::{BoxFuture, Consumer, ExportOutcome, RejectedTrace, TraceBatch};
 
 /// At most this many batches are being exported at once.
 pub const MAX_IN_FLIGHT: usize = 4;
@@ -67,7 +81,7 @@ async fn run(
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let size = config.send_batch_size.max(1);
     let mut pending = TraceBatch::default();
-    let mut waiters: Vec<Reply> = Vec::new();
+    let mut waiters: Vec<Waiter> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let mut open = true;
     while open || !waiters.is_empty() {
@@ -100,8 +114,15 @@ async fn run(
                 if waiters.is_empty() {
                     deadline = Some(Instant::now() + config.timeout);
                 }
+                let (decoded, encoded) = (pending.decoded.len(), pending.encoded.len());
+                let spans = batch.span_count;
                 pending.append(batch);
-                waiters.push(reply);
+                waiters.push(Waiter {
+                    reply,
+                    spans,
+                    decoded: decoded..pending.decoded.len(),
+                    encoded: encoded..pending.encoded.len(),
+                });
                 if pending.span_count < size {
                     continue;
                 }
@@ -120,8 +141,15 @@ async fn run(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
+        let waiting = std::mem::take(&mut waiters);
+        // What each request put in, to tell it of its own refused spans (alone, it gets the
+        // outcome as it is).
+        let shares: Vec<Share> = if waiting.len() > 1 {
+            waiting.iter().map(|w| Share::of(&pending, w)).collect()
+        } else {
+            Vec::new()
+        };
         let batches = split(std::mem::take(&mut pending), config.send_batch_max_size);
-        let replies = std::mem::take(&mut waiters);
         deadline = None;
         let next = next.clone();
         let metrics = metrics.clone();
@@ -139,16 +167,201 @@ async fn run(
                 }
             }
             drop(permit);
-            for r in replies {
-                let _ = r.send(match &failure {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(outcome.clone()),
-                });
+            match failure {
+                Some(e) => {
+                    for w in waiting {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                }
+                None if shares.is_empty() => {
+                    for w in waiting {
+                        let _ = w.reply.send(Ok(outcome.clone()));
+                    }
+                }
+                None => {
+                    let outcomes = attribute(&outcome, &shares);
+                    for (w, o) in waiting.into_iter().zip(outcomes) {
+                        let _ = w.reply.send(Ok(o));
+                    }
+                }
             }
         });
     }
     // Let running exports finish before the task (and with it `next`) goes away.
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+}
+
+/// A request waiting for the export of the batch it joined.
+struct Waiter {
+    reply: Reply,
+    spans: usize,
+    /// Where its parts are in the pending batch.
+    decoded: Range<usize>,
+    encoded: Range<usize>,
+}
+
+/// What one request put into a batch of several, to attribute refused spans to it: its
+/// encoded parts (shared bytes, scanned only when spans were refused) and the trace ids of its
+/// decoded spans (runs of one trace id; those structs move on with the batch).
+pub(crate) struct Share {
+    spans: usize,
+    encoded: Vec<Bytes>,
+    decoded: Vec<(TraceId, u64)>,
+}
+
+impl Share {
+    fn of(pending: &TraceBatch, w: &Waiter) -> Self {
+        let mut decoded: Vec<(TraceId, u64)> = Vec::new();
+        for rs in pending.decoded.get(w.decoded.clone()).unwrap_or_default() {
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    // A span without a valid trace id cannot be named by a rejection.
+                    let Ok(id) = TraceId::from_slice(&span.trace_id) else {
+                        continue;
+                    };
+                    match decoded.last_mut() {
+                        Some((last, n)) if *last == id => *n += 1,
+                        _ => decoded.push((id, 1)),
+                    }
+                }
+            }
+        }
+        Self {
+            spans: w.spans,
+            encoded: pending
+                .encoded
+                .get(w.encoded.clone())
+                .unwrap_or_default()
+                .to_vec(),
+            decoded,
+        }
+    }
+
+    /// How many of its spans each of the `named` traces (trace id -> position) holds, by
+    /// position.
+    fn count(&self, named: &FxHashMap<TraceId, usize>) -> Vec<u64> {
+        let mut counts = vec![0u64; named.len()];
+        for (id, n) in &self.decoded {
+            if let Some(&i) = named.get(id) {
+                counts[i] += n;
+            }
+        }
+        for part in &self.encoded {
+            let mut visitor = CountNamed {
+                named,
+                counts: &mut counts,
+            };
+            // The bytes passed the receiver's validating scan; one that fails now leaves its
+            // spans unattributed.
+            if let Err(e) = wire::scan_validated(part, &mut visitor) {
+                tracing::debug!(error = %e, "batch: cannot scan a request to attribute refused spans");
+            }
+        }
+        counts
+    }
+}
+
+/// Counts the spans of named traces in a wire scan.
+struct CountNamed<'n> {
+    named: &'n FxHashMap<TraceId, usize>,
+    counts: &'n mut Vec<u64>,
+}
+
+impl<'a> Visitor<'a> for CountNamed<'_> {
+    fn wants_attributes(&self) -> bool {
+        false
+    }
+    fn resource(&mut self, _attributes: &[KeyValueRef<'a>]) {}
+    fn span(&mut self, span: &SpanRef<'a>) {
+        let Ok(id) = TraceId::from_slice(span.trace_id) else {
+            return;
+        };
+        if let Some(&i) = self.named.get(&id) {
+            self.counts[i] += 1;
+        }
+    }
+}
+
+/// Splits the outcome of a merged batch into the outcome of each request in it (see the
+/// module's documentation): each request gets the refusals of its own spans of the named
+/// traces, and the refusals named by no trace up to its span count; a message only when it
+/// has refused spans.
+pub(crate) fn attribute(outcome: &ExportOutcome, shares: &[Share]) -> Vec<ExportOutcome> {
+    let mut out = vec![ExportOutcome::default(); shares.len()];
+    if outcome.rejected_spans == 0 {
+        return out;
+    }
+    let mut named: FxHashMap<TraceId, usize> = FxHashMap::default();
+    let mut traces: Vec<&RejectedTrace> = Vec::new();
+    let mut left: Vec<u64> = Vec::new();
+    for t in &outcome.rejected_traces {
+        match named.get(&t.trace_id) {
+            Some(&i) => left[i] += t.spans,
+            None => {
+                named.insert(t.trace_id, traces.len());
+                traces.push(t);
+                left.push(t.spans);
+            }
+        }
+    }
+    let mut attributed = 0u64;
+    if !named.is_empty() {
+        for (share, o) in shares.iter().zip(out.iter_mut()) {
+            for (i, held) in share.count(&named).into_iter().enumerate() {
+                let given = held.min(left[i]);
+                if given == 0 {
+                    continue;
+                }
+                left[i] -= given;
+                attributed += given;
+                o.rejected_spans += given;
+                o.rejected_traces.push(RejectedTrace {
+                    trace_id: traces[i].trace_id,
+                    spans: given,
+                    reason: traces[i].reason.clone(),
+                });
+            }
+        }
+    }
+    // Refusals named by no trace (or more than the requests hold of a named one).
+    let unattributed = outcome.rejected_spans.saturating_sub(attributed);
+    for (share, o) in shares.iter().zip(out.iter_mut()) {
+        let own = o.rejected_spans;
+        let room = (share.spans as u64).saturating_sub(own);
+        let unplaced = unattributed.min(room);
+        o.rejected_spans += unplaced;
+        o.message = message_for(o, own, unplaced, &outcome.message);
+    }
+    out
+}
+
+/// The message of one request's outcome: its first refused trace's reason (how many other
+/// traces it had refused), then what is said of refusals named by no trace.
+fn message_for(o: &ExportOutcome, own: u64, unplaced: u64, general: &str) -> String {
+    let mut text = String::new();
+    if let Some(first) = o.rejected_traces.first() {
+        text = if first.reason.is_empty() {
+            general.to_string()
+        } else {
+            first.reason.clone()
+        };
+        if o.rejected_traces.len() > 1 {
+            text.push_str(&format!(
+                " (and {} more traces refused: {own} of this request's spans refused in all)",
+                o.rejected_traces.len() - 1
+            ));
+        }
+    }
+    if unplaced > 0 && !general.is_empty() && text != general {
+        if text.is_empty() {
+            text = general.to_string();
+        } else {
+            text.push_str(&format!(
+                "; up to {unplaced} more spans of the batch this request joined were refused: {general}"
+            ));
+        }
+    }
+    text
 }
 
 /// Splits a batch into batches of at most `max` spans (0: no limit). Splitting needs the

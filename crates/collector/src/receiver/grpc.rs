@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::metrics::CollectorMetrics;
 use crate::processor::memory_limiter::MemoryLimiter;
-use crate::receiver::response_for;
+use crate::receiver::{rejected_of, response_for};
 use crate::{Consumer, TraceBatch};
 
 /// The gRPC service name and the method path of OTLP traces.
@@ -112,10 +112,10 @@ impl Export {
         batch.client = client;
         match self.pipeline.consume(batch).await {
             Ok(outcome) => {
-                let rejected = (outcome.rejected_spans as usize).min(spans);
+                let rejected = rejected_of(&outcome, spans);
                 self.metrics.accepted(&self.name, "grpc", spans - rejected);
                 self.metrics.refused(&self.name, "grpc", rejected);
-                Ok(response_for(&outcome))
+                Ok(response_for(&outcome, spans))
             }
             Err(e) => {
                 self.metrics.refused(&self.name, "grpc", spans);

@@ -19,7 +19,7 @@ use sextant_otlp_proto::{json, wire};
 use crate::error::PipelineError;
 use crate::metrics::CollectorMetrics;
 use crate::processor::memory_limiter::MemoryLimiter;
-use crate::receiver::response_for;
+use crate::receiver::{rejected_of, response_for};
 use crate::{Consumer, TraceBatch};
 
 #[derive(Clone)]
@@ -293,11 +293,10 @@ async fn handle(
             return Err(e);
         }
     };
-    rx.metrics
-        .accepted(&rx.name, "http", spans - outcome.rejected_spans as usize);
-    rx.metrics
-        .refused(&rx.name, "http", outcome.rejected_spans as usize);
-    let response = response_for(&outcome);
+    let rejected = rejected_of(&outcome, spans);
+    rx.metrics.accepted(&rx.name, "http", spans - rejected);
+    rx.metrics.refused(&rx.name, "http", rejected);
+    let response = response_for(&outcome, spans);
     let body = match format {
         Format::Protobuf => response.encode_to_vec(),
         Format::Json => json::encode_response(&response),

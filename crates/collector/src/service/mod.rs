@@ -107,13 +107,16 @@ impl Consumer for FanOut {
             match self.next.as_slice() {
                 [one] => one.consume(batch).await,
                 many => {
+                    let spans = batch.span_count as u64;
                     let results =
                         futures::future::join_all(many.iter().map(|c| c.consume(batch.clone())))
                             .await;
+                    // Every consumer got the same spans: one refused by several counts once.
                     let mut outcome = ExportOutcome::default();
                     for r in results {
-                        outcome.merge(&r?);
+                        outcome.merge_same(&r?);
                     }
+                    outcome.rejected_spans = outcome.rejected_spans.min(spans);
                     Ok(outcome)
                 }
             }
@@ -812,5 +815,95 @@ where
             Box::pin(async move { for_shutdown.shutdown().await })
         })),
         health: Some(Arc::new(move || for_health.health())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RejectedTrace;
+    use sextant_otlp_proto::proto::{ResourceSpans, ScopeSpans, Span};
+    use sextant_otlp_proto::TraceId;
+
+    /// Answers every batch with the same outcome.
+    struct Answer(ExportOutcome);
+
+    impl Consumer for Answer {
+        fn consume(
+            &self,
+            _batch: TraceBatch,
+        ) -> BoxFuture<'_, Result<ExportOutcome, PipelineError>> {
+            Box::pin(async move { Ok(self.0.clone()) })
+        }
+    }
+
+    fn tid(n: u8) -> TraceId {
+        TraceId::from_slice(&[n; 16]).unwrap()
+    }
+
+    fn refused(traces: &[(u8, u64)], unattributed: u64) -> Arc<dyn Consumer> {
+        let rejected_traces: Vec<RejectedTrace> = traces
+            .iter()
+            .map(|&(t, spans)| RejectedTrace {
+                trace_id: tid(t),
+                spans,
+                reason: format!("trace {t} refused"),
+            })
+            .collect();
+        Arc::new(Answer(ExportOutcome {
+            rejected_spans: rejected_traces.iter().map(|t| t.spans).sum::<u64>() + unattributed,
+            message: "refused".into(),
+            rejected_traces,
+        }))
+    }
+
+    fn batch(spans: usize) -> TraceBatch {
+        TraceBatch::from_decoded(vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: (0..spans)
+                    .map(|_| Span {
+                        trace_id: vec![1; 16],
+                        span_id: vec![1; 8],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }])
+    }
+
+    fn named(o: &ExportOutcome) -> Vec<(TraceId, u64)> {
+        o.rejected_traces
+            .iter()
+            .map(|t| (t.trace_id, t.spans))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_trace_refused_by_two_pipelines_counts_once() {
+        // Two pipelines whose stores both refuse trace 1's 5 spans of the same 6.
+        let fan = FanOut {
+            next: vec![refused(&[(1, 5)], 0), refused(&[(1, 5)], 0)],
+        };
+        let o = fan.consume(batch(6)).await.unwrap();
+        assert_eq!(o.rejected_spans, 5, "{o:?}");
+        assert_eq!(named(&o), vec![(tid(1), 5)]);
+        assert_eq!(o.rejected_traces[0].reason, "trace 1 refused");
+
+        // Different traces add up; unattributed refusals count as the most of one pipeline.
+        let fan = FanOut {
+            next: vec![refused(&[(1, 2)], 1), refused(&[(2, 3)], 2)],
+        };
+        let o = fan.consume(batch(10)).await.unwrap();
+        assert_eq!(o.rejected_spans, 7, "{o:?}");
+        assert_eq!(named(&o), vec![(tid(1), 2), (tid(2), 3)]);
+
+        // Never more than the batch held.
+        let fan = FanOut {
+            next: vec![refused(&[(1, 3)], 0), refused(&[], 3)],
+        };
+        let o = fan.consume(batch(4)).await.unwrap();
+        assert_eq!(o.rejected_spans, 4, "{o:?}");
     }
 }
