@@ -98,14 +98,17 @@ pub trait TraceReader: Send + Sync {
     /// Every stored span of the traces in `window`, one at a time with its resource, in no
     /// particular order, until `visit` returns `false`: what a query that looks at each span on
     /// its own (TraceQL metrics of one span-local filter) needs, without assembling traces. A
-    /// store may skip the data where no span carries all the `terms`. A span received twice
-    /// (a client retry) in two blocks not yet compacted is visited twice, as Tempo counts it.
+    /// store may skip the data where no span carries all the `terms`, and may leave out of each
+    /// span what `fields` does not ask for. A span received twice (a client retry) in two
+    /// blocks not yet compacted is visited twice, as Tempo counts it.
     fn scan_spans(
         &self,
         window: TimeWindow,
         terms: &[Term],
+        fields: SpanFields,
         visit: &mut SpanVisit<'_>,
     ) -> Result<ScanStats, StoreError> {
+        let _ = fields;
         let mut whole = |id: TraceId, trace: &[ResourceSpans]| visit_spans(&id, trace, visit);
         self.scan_terms(window, terms, &|_, _| true, &mut whole)
     }

@@ -1098,6 +1098,7 @@ impl TraceReader for SledStore {
         &self,
         window: TimeWindow,
         terms: &[Term],
+        fields: SpanFields,
         visit: &mut SpanVisit<'_>,
     ) -> Result<ScanStats, StoreError> {
         let mut scan = Scan::default();
@@ -1112,7 +1113,7 @@ impl TraceReader for SledStore {
             let (seen, visited, round) = (&scan.seen, &mut scan.visited, scan.round);
             // The trace of the previous span, and whether its spans are visited.
             let mut current: Option<(TraceId, bool)> = None;
-            b.for_each_page_span(backend, i, &mut |id, start, end, span, resource| {
+            b.for_each_page_span(backend, i, fields, &mut |id, start, end, span, resource| {
                 let take = match current {
                     Some((c, take)) if c == *id => take,
                     _ => {

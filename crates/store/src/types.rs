@@ -173,3 +173,37 @@ pub struct StoreStats {
     pub blocks_expired: u64,
     pub blocks_quarantined: u64,
 }
+
+/// What of each span [`crate::TraceReader::scan_spans`] must fill in. A store may leave the
+/// rest empty (no attributes, events or links) and decode less: they are most of a span.
+/// Ids, times, name, kind, status, flags and the resource are always there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanFields {
+    /// The span's own attributes.
+    pub attributes: bool,
+    /// Its events, with their attributes.
+    pub events: bool,
+    /// Its links, with their attributes.
+    pub links: bool,
+}
+
+impl SpanFields {
+    /// Every field.
+    pub const ALL: Self = Self {
+        attributes: true,
+        events: true,
+        links: true,
+    };
+    /// No attributes, events or links.
+    pub const CORE: Self = Self {
+        attributes: false,
+        events: false,
+        links: false,
+    };
+}
+
+impl Default for SpanFields {
+    fn default() -> Self {
+        Self::ALL
+    }
+}

@@ -497,7 +497,7 @@ fn spans_by_scan(store: &SledStore, window: TimeWindow, terms: &[Term]) -> Vec<S
 fn spans_by_span(store: &SledStore, window: TimeWindow, terms: &[Term]) -> Vec<Seen> {
     let mut out = Vec::new();
     store
-        .scan_spans(window, terms, &mut |id, s, r| {
+        .scan_spans(window, terms, SpanFields::ALL, &mut |id, s, r| {
             out.push(seen(id, s, r));
             true
         })
@@ -568,7 +568,7 @@ async fn span_by_span_scans_visit_every_span_of_the_log_and_of_every_block_once(
     // Stopping early stops.
     let mut n = 0;
     store
-        .scan_spans(TimeWindow::all(), &[], &mut |_, _, _| {
+        .scan_spans(TimeWindow::all(), &[], SpanFields::ALL, &mut |_, _, _| {
             n += 1;
             n < 10
         })

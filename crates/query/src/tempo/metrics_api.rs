@@ -254,7 +254,8 @@ fn run(
         .map(|f| f.required_terms())
         .unwrap_or_default();
     let stats = if eval.span_local() {
-        // One span at a time: no trace is assembled.
+        // One span at a time: no trace is assembled, and what no field reads is skipped.
+        let fields = eval.span_fields();
         let mut visit = |_: &TraceId, span: &Span, resource: Option<&Resource>| match eval
             .observe_span(&SpanView::new(span, resource))
         {
@@ -264,7 +265,7 @@ fn run(
                 false
             }
         };
-        reader.scan_spans(window, &terms, &mut visit)?
+        reader.scan_spans(window, &terms, fields, &mut visit)?
     } else {
         let mut visit = |id, spans: &[_]| match eval.observe(id, spans) {
             Ok(()) => true,

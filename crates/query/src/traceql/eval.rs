@@ -212,51 +212,55 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn attrs_of<'a>(scope: Scope, s: &SpanCtx<'a>) -> Vec<&'a [KeyValue]> {
+/// Calls `f` with each raw attribute value a field refers to on a span (unscoped: the span's,
+/// else the resource's; event and link attributes: one per event or link that has it), with
+/// no allocation: this runs for every span a query looks at.
+fn each_attribute_value<'a>(a: &Attribute, s: &SpanCtx<'a>, f: &mut dyn FnMut(&'a AnyValue)) {
     let span: &'a [KeyValue] = &s.span.attributes;
     let resource: &'a [KeyValue] = s.resource.map_or(&[], |r| r.attributes.as_slice());
-    match scope {
-        Scope::Unscoped => {
-            vec![span, resource]
+    let found = match a.scope {
+        Scope::Unscoped => attr::get(span, &a.name).or_else(|| attr::get(resource, &a.name)),
+        Scope::Span => attr::get(span, &a.name),
+        Scope::Resource => attr::get(resource, &a.name),
+        Scope::Instrumentation => {
+            attr::get(s.scope.map_or(&[], |sc| sc.attributes.as_slice()), &a.name)
         }
-        Scope::Span => vec![span],
-        Scope::Resource => vec![resource],
-        Scope::Instrumentation => vec![s.scope.map_or(&[], |sc| sc.attributes.as_slice())],
-        Scope::Event => s
-            .span
-            .events
-            .iter()
-            .map(|e| e.attributes.as_slice())
-            .collect(),
-        Scope::Link => s
-            .span
-            .links
-            .iter()
-            .map(|l| l.attributes.as_slice())
-            .collect(),
+        Scope::Event => {
+            for e in &s.span.events {
+                if let Some(v) = attr::get(&e.attributes, &a.name) {
+                    f(v);
+                }
+            }
+            None
+        }
+        Scope::Link => {
+            for l in &s.span.links {
+                if let Some(v) = attr::get(&l.attributes, &a.name) {
+                    f(v);
+                }
+            }
+            None
+        }
+    };
+    if let Some(v) = found {
+        f(v);
     }
 }
 
-/// The raw attribute values a field refers to on a span (unscoped: span first, then resource).
-fn attribute_values<'a>(a: &Attribute, s: &SpanCtx<'a>) -> Vec<&'a AnyValue> {
-    let places = attrs_of(a.scope, s);
-    let mut out = Vec::new();
-    for attrs in places {
-        if let Some(v) = attr::get(attrs, &a.name) {
-            out.push(v);
-            if a.scope == Scope::Unscoped {
-                break;
-            }
-        }
-    }
-    out
+/// The first raw attribute value a field refers to on a span.
+fn first_attribute_value<'a>(a: &Attribute, s: &SpanCtx<'a>) -> Option<&'a AnyValue> {
+    let mut first = None;
+    each_attribute_value(a, s, &mut |v| {
+        first.get_or_insert(v);
+    });
+    first
 }
 
 /// The values of `field` on span `s` (several for event and link attributes, none when absent).
 fn values<'a>(field: &Field, s: &SpanCtx<'a>, t: Option<&TraceCtx<'a>>, out: &mut Vec<Val<'a>>) {
     let span = s.span;
     match field {
-        Field::Attribute(a) => out.extend(attribute_values(a, s).into_iter().map(any_val)),
+        Field::Attribute(a) => each_attribute_value(a, s, &mut |v| out.push(any_val(v))),
         Field::Intrinsic(i) => match i {
             Intrinsic::Name => out.push(Val::Str(Cow::Borrowed(&span.name))),
             Intrinsic::Status => out.push(Val::Status(StatusCode::from_otlp(
@@ -605,7 +609,7 @@ fn literal_number(lit: &Literal) -> Option<f64> {
 /// The first value of `field` on span `s`, as an attribute value (for answers and `by`).
 fn first_any<'a>(field: &Field, s: &SpanCtx<'a>, t: Option<&TraceCtx<'a>>) -> Option<AnyValue> {
     if let Field::Attribute(a) = field {
-        return attribute_values(a, s).first().map(|v| (*v).clone());
+        return first_attribute_value(a, s).cloned();
     }
     let mut vals = Vec::new();
     values(field, s, t, &mut vals);
@@ -1025,10 +1029,7 @@ impl<'a> SpanView<'a> {
         use std::fmt::Write;
         let ctx = self.ctx();
         if let Field::Attribute(a) = field {
-            match attribute_values(a, &ctx)
-                .first()
-                .and_then(|v| v.value.as_ref())
-            {
+            match first_attribute_value(a, &ctx).and_then(|v| v.value.as_ref()) {
                 Some(Pv::StringValue(s)) => {
                     let _ = write!(key, "s{}:{s}", s.len());
                 }

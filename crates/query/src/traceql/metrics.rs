@@ -21,11 +21,12 @@
 //!
 //! At most `max_series` series are made; one more is [`MetricsError::TooManySeries`].
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use sextant_otlp_proto::proto::any_value::Value as Pv;
 use sextant_otlp_proto::proto::{AnyValue, ResourceSpans};
 use sextant_otlp_proto::TraceId;
+use sextant_store::SpanFields;
 
 use super::ast::*;
 use super::eval::{evaluate, is_span_local, is_span_local_field, SpanView};
@@ -193,7 +194,7 @@ pub struct MetricsEval {
     range: MetricsRange,
     intervals: usize,
     max_series: usize,
-    series: HashMap<String, Acc>,
+    series: FxHashMap<String, Acc>,
     /// Spans counted (in the range).
     spans: u64,
     /// The span-by-span evaluation: the spanset filter, when the query can be answered one
@@ -201,7 +202,7 @@ pub struct MetricsEval {
     span_filter: Option<FilterExpr>,
     /// For that evaluation: the `by` values of a span (see [`SpanView::write_first_value`],
     /// then a histogram's bucket) to the key of its series in `series`.
-    span_series: HashMap<String, String>,
+    span_series: FxHashMap<String, String>,
     /// Reused to build those keys.
     key_buf: String,
 }
@@ -300,10 +301,10 @@ impl MetricsEval {
             query,
             range,
             max_series,
-            series: HashMap::new(),
+            series: FxHashMap::default(),
             spans: 0,
             span_filter,
-            span_series: HashMap::new(),
+            span_series: FxHashMap::default(),
             key_buf: String::new(),
         }
     }
@@ -314,6 +315,37 @@ impl MetricsEval {
     /// its own, exactly as in its trace's spanset.
     pub fn span_local(&self) -> bool {
         self.span_filter.is_some()
+    }
+
+    /// What of each span [`Self::observe_span`] reads: the span's attributes, events and
+    /// links only when the filter, a `by` field or the function's field refers to them (a
+    /// store then skips them: they are most of a span's bytes).
+    pub fn span_fields(&self) -> SpanFields {
+        let mut fields = SpanFields::CORE;
+        let mut need = |f: &Field| match f {
+            Field::Attribute(a) => match a.scope {
+                Scope::Unscoped | Scope::Span => fields.attributes = true,
+                Scope::Event => fields.events = true,
+                Scope::Link => fields.links = true,
+                Scope::Resource | Scope::Instrumentation => {}
+            },
+            Field::Intrinsic(Intrinsic::EventName | Intrinsic::EventTimeSinceStart) => {
+                fields.events = true;
+            }
+            Field::Intrinsic(Intrinsic::LinkTraceId | Intrinsic::LinkSpanId) => {
+                fields.links = true;
+            }
+            Field::Intrinsic(_) => {}
+        };
+        let Some(filter) = &self.span_filter else {
+            return SpanFields::ALL;
+        };
+        filter_fields(filter, &mut need);
+        self.query.by.iter().for_each(&mut need);
+        if let Some(f) = self.query.func.field() {
+            need(f);
+        }
+        fields
     }
 
     /// Counts one span (seen outside its trace) if it matches. Only for a
@@ -633,6 +665,18 @@ impl MetricsEval {
     }
 }
 
+/// Calls `f` with every field a filter compares.
+fn filter_fields(filter: &FilterExpr, f: &mut dyn FnMut(&Field)) {
+    match filter {
+        FilterExpr::True => {}
+        FilterExpr::And(a, b) | FilterExpr::Or(a, b) => {
+            filter_fields(a, f);
+            filter_fields(b, f);
+        }
+        FilterExpr::Compare(c) => f(&c.field),
+    }
+}
+
 /// Adds one span's `value` (its `bucket` for histograms and quantiles) to step `interval` of
 /// a series.
 fn accumulate(
@@ -925,13 +969,25 @@ mod tests {
                 let mut by_trace = MetricsEval::new(query.clone(), range, 1000);
                 let mut by_span = MetricsEval::new(query, range, 1000);
                 assert!(by_span.span_local(), "{q} should be span-local");
+                // Spans as a store gives them: without what span_fields() leaves out.
+                let fields = by_span.span_fields();
                 for (i, t) in traces.iter().enumerate() {
                     by_trace.observe(TraceId([i as u8 + 1; 16]), t).unwrap();
                     for rs in t {
                         for ss in &rs.scope_spans {
                             for span in &ss.spans {
+                                let mut span = span.clone();
+                                if !fields.attributes {
+                                    span.attributes.clear();
+                                }
+                                if !fields.events {
+                                    span.events.clear();
+                                }
+                                if !fields.links {
+                                    span.links.clear();
+                                }
                                 by_span
-                                    .observe_span(&SpanView::new(span, rs.resource.as_ref()))
+                                    .observe_span(&SpanView::new(&span, rs.resource.as_ref()))
                                     .unwrap();
                             }
                         }
@@ -954,6 +1010,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn span_fields_are_what_the_query_reads() {
+        let fields = |q: &str| {
+            let m = MetricsEval::new(parse_metrics(q).unwrap(), MetricsRange::instant(0, S), 10);
+            let f = m.span_fields();
+            (f.attributes, f.events, f.links)
+        };
+        assert_eq!(
+            fields("{ } | rate() by (resource.service.name)"),
+            (false, false, false)
+        );
+        assert_eq!(
+            fields("{ status = error && kind = server } | rate()"),
+            (false, false, false)
+        );
+        assert_eq!(
+            fields("{ } | quantile_over_time(duration, 0.9)"),
+            (false, false, false)
+        );
+        assert_eq!(fields("{ span.a = 1 } | rate()"), (true, false, false));
+        assert_eq!(fields("{ .a = 1 } | rate()"), (true, false, false));
+        assert_eq!(fields("{ } | rate() by (span.a)"), (true, false, false));
+        assert_eq!(fields("{ } | max_over_time(span.a)"), (true, false, false));
+        assert_eq!(
+            fields("{ event:name = \"x\" } | rate()"),
+            (false, true, false)
+        );
+        assert_eq!(
+            fields("{ event.a = 1 || link.b = 2 } | rate()"),
+            (false, true, true)
+        );
+        assert_eq!(
+            fields("{ link:traceID = \"ab\" } | rate()"),
+            (false, false, true)
+        );
+        // Not span-local: everything.
+        assert_eq!(
+            fields("{ trace:duration > 1s } | rate()"),
+            (true, true, true)
+        );
     }
 
     #[test]

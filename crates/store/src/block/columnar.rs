@@ -33,6 +33,7 @@ use sextant_otlp_proto::proto::{ScopeSpans, Span, Status, TracesData};
 
 use super::{entries, push_entry};
 use crate::error::StoreError;
+use crate::SpanFields;
 
 /// The codec version, the first byte of a columnar page.
 const VERSION: u8 = 1;
@@ -742,6 +743,8 @@ struct Decoder<'a> {
     /// declared in the header; the decoded page is never longer, as regrouping only merges):
     /// bounds what a corrupt page can make us allocate.
     budget: u64,
+    /// What [`Self::span_into`] fills in; the rest is skipped (read past, not decoded).
+    fields: SpanFields,
 }
 
 impl<'a> Decoder<'a> {
@@ -780,6 +783,63 @@ impl<'a> Decoder<'a> {
         })?;
         self.charge(text.len())?;
         Ok(text)
+    }
+
+    /// Reads past the next string reference of stream `s`, counting it like
+    /// [`Self::str_ref`] does (so later references resolve the same), without its text.
+    fn skip_str(&mut self, s: Stream) -> Result<(), StoreError> {
+        let r = self.r(s).varint()?;
+        if r == 0 {
+            if self.seen >= self.dict.len() {
+                return Err(bad(format!(
+                    "{}: no dictionary string {}",
+                    STREAM_NAMES[s as usize], self.seen
+                )));
+            }
+            self.seen += 1;
+        } else if r > self.seen as u64 {
+            return Err(bad(format!(
+                "{}: reference {r} to a string not seen yet",
+                STREAM_NAMES[s as usize]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads past the next attribute list (what [`Self::attributes_into`] would decode).
+    fn skip_attributes(&mut self) -> Result<(), StoreError> {
+        let n = self.r(Stream::AttrCount).varint()?;
+        if n > self.budget / 2 + 1 {
+            return Err(bad("attribute counts: more attributes than the page holds"));
+        }
+        for _ in 0..n {
+            self.skip_str(Stream::AttrKey)?;
+            let t = self.r(Stream::AttrType).byte()?;
+            if t & T_KEY_STRINDEX != 0 {
+                self.r(Stream::AttrInt).varint()?;
+            }
+            match t & !T_KEY_STRINDEX {
+                T_NONE | T_EMPTY => {}
+                T_STR => self.skip_str(Stream::AttrStr)?,
+                T_UUID => {
+                    self.r(Stream::AttrUuid).array::<16>()?;
+                }
+                T_BOOL => {
+                    self.r(Stream::AttrBool).byte()?;
+                }
+                T_INT | T_STRINDEX => {
+                    self.r(Stream::AttrInt).varint()?;
+                }
+                T_DOUBLE => {
+                    self.r(Stream::AttrDouble).array::<8>()?;
+                }
+                T_BYTES | T_ARRAY | T_KVLIST => {
+                    self.r(Stream::AttrBlob).prefixed()?;
+                }
+                other => return Err(bad(format!("attribute types: unknown type {other}"))),
+            }
+        }
+        Ok(())
     }
 
     /// The next string of stream `s`, into `out` (whose allocation is reused).
@@ -987,9 +1047,22 @@ impl<'a> Decoder<'a> {
             out.dropped_events_count = self.r(Stream::Dropped).u32()?;
             out.dropped_links_count = self.r(Stream::Dropped).u32()?;
         }
-        self.attributes_into(&mut out.attributes)?;
+        if self.fields.attributes {
+            self.attributes_into(&mut out.attributes)?;
+        } else {
+            out.attributes.clear();
+            self.skip_attributes()?;
+        }
         out.events.clear();
-        if flags & F_EVENTS != 0 {
+        if flags & F_EVENTS != 0 && !self.fields.events {
+            let n = self.r(Stream::EventCount).varint()?;
+            for _ in 0..n {
+                self.r(Stream::EventTime).varint()?;
+                self.skip_str(Stream::EventName)?;
+                self.skip_attributes()?;
+                self.r(Stream::Dropped).u32()?;
+            }
+        } else if flags & F_EVENTS != 0 {
             let n = self.r(Stream::EventCount).varint()?;
             for _ in 0..n {
                 let time = start.wrapping_add(self.r(Stream::EventTime).zigzag()? as u64);
@@ -1006,7 +1079,17 @@ impl<'a> Decoder<'a> {
             }
         }
         out.links.clear();
-        if flags & F_LINKS != 0 {
+        if flags & F_LINKS != 0 && !self.fields.links {
+            let n = self.r(Stream::LinkCount).varint()?;
+            for _ in 0..n {
+                self.r(Stream::LinkIds).prefixed()?;
+                self.r(Stream::LinkIds).prefixed()?;
+                self.skip_str(Stream::TraceState)?;
+                self.skip_attributes()?;
+                self.r(Stream::Dropped).u32()?;
+                self.r(Stream::TraceFlags).u32()?;
+            }
+        } else if flags & F_LINKS != 0 {
             let n = self.r(Stream::LinkCount).varint()?;
             for _ in 0..n {
                 let tid = self.r(Stream::LinkIds).prefixed()?;
@@ -1195,6 +1278,7 @@ impl<'a> PageDecoder<'a> {
                 dict,
                 seen: 0,
                 budget: p.row_len,
+                fields: SpanFields::ALL,
             },
             resources,
             scopes,
@@ -1359,12 +1443,15 @@ pub(crate) type ColumnarSpanVisit<'v> =
 
 /// Calls `visit` with every span of a columnar page (in page order, with its trace's id,
 /// start and end, and its resource), decoding into buffers reused from span to span: no
-/// trace is assembled. Stops early when `visit` returns `false` (then returns `false`).
+/// trace is assembled. What `fields` leaves out is read past, not decoded (left empty).
+/// Stops early when `visit` returns `false` (then returns `false`).
 pub(crate) fn for_each_span(
     columnar: &[u8],
+    fields: SpanFields,
     visit: &mut ColumnarSpanVisit<'_>,
 ) -> Result<bool, StoreError> {
     let mut pd = PageDecoder::new(columnar)?;
+    pd.d.fields = fields;
     let mut t = TraceBuf::default();
     while pd.next_trace(&mut t)? {
         for ps in &t.spans[..t.n] {
@@ -2000,16 +2087,20 @@ pub(crate) mod tests {
 
     fn visited(columnar: &[u8]) -> Seen {
         let mut got = Vec::new();
-        let all = for_each_span(columnar, &mut |id, start, end, span, resource| {
-            got.push((
-                *id,
-                start,
-                end,
-                span.encode_to_vec(),
-                resource.map(Message::encode_to_vec),
-            ));
-            true
-        })
+        let all = for_each_span(
+            columnar,
+            SpanFields::ALL,
+            &mut |id, start, end, span, resource| {
+                got.push((
+                    *id,
+                    start,
+                    end,
+                    span.encode_to_vec(),
+                    resource.map(Message::encode_to_vec),
+                ));
+                true
+            },
+        )
         .unwrap();
         assert!(all);
         got
@@ -2049,13 +2140,85 @@ pub(crate) mod tests {
         let spans = visited(&columnar).len();
         assert_eq!(spans, 3000);
         let mut n = 0;
-        let all = for_each_span(&columnar, &mut |_, _, _, _, _| {
+        let all = for_each_span(&columnar, SpanFields::ALL, &mut |_, _, _, _, _| {
             n += 1;
             n < 10
         })
         .unwrap();
         assert!(!all);
         assert_eq!(n, 10, "the visit stops when told to");
+    }
+
+    /// Spans visited with some fields left out are the full spans with those fields
+    /// cleared, and the rest (names resolved through the dictionary after skipped strings,
+    /// events and links after skipped attributes) decoded the same.
+    #[test]
+    fn spans_visited_with_fields_left_out_are_the_rest_of_each_span() {
+        let projections = [
+            SpanFields::CORE,
+            SpanFields {
+                attributes: true,
+                ..SpanFields::CORE
+            },
+            SpanFields {
+                events: true,
+                ..SpanFields::CORE
+            },
+            SpanFields {
+                links: true,
+                ..SpanFields::CORE
+            },
+            SpanFields {
+                attributes: false,
+                ..SpanFields::ALL
+            },
+        ];
+        let mut pages: Vec<Vec<u8>> = (0..40)
+            .map(|seed| encode(&row_page(&random_entries(seed, 1 + seed as usize % 7))).unwrap())
+            .collect();
+        pages.push(encode(&row_page(&realistic_entries(9, 800))).unwrap());
+        let (mut events, mut links, mut attrs) = (0, 0, 0);
+        for (p, columnar) in pages.iter().enumerate() {
+            let full = visited(columnar);
+            for fields in projections {
+                let mut got = Vec::new();
+                for_each_span(columnar, fields, &mut |id, start, end, span, resource| {
+                    got.push((
+                        *id,
+                        start,
+                        end,
+                        span.encode_to_vec(),
+                        resource.map(Message::encode_to_vec),
+                    ));
+                    true
+                })
+                .unwrap();
+                let want: Seen = full
+                    .iter()
+                    .map(|(id, start, end, span, resource)| {
+                        let mut span = Span::decode(span.as_slice()).unwrap();
+                        attrs += span.attributes.len();
+                        events += span.events.len();
+                        links += span.links.len();
+                        if !fields.attributes {
+                            span.attributes.clear();
+                        }
+                        if !fields.events {
+                            span.events.clear();
+                        }
+                        if !fields.links {
+                            span.links.clear();
+                        }
+                        (*id, *start, *end, span.encode_to_vec(), resource.clone())
+                    })
+                    .collect();
+                assert_eq!(got, want, "page {p}, {fields:?}");
+            }
+        }
+        assert!(
+            attrs > 0 && events > 0 && links > 0,
+            "{attrs} {events} {links}"
+        );
     }
 
     #[test]
@@ -2168,7 +2331,7 @@ pub(crate) mod tests {
                 let i = rng.random_range(0..bad.len());
                 bad[i] ^= rng.random_range(1..=255u8);
             }
-            match for_each_span(&bad, &mut |_, _, _, _, _| true) {
+            match for_each_span(&bad, SpanFields::ALL, &mut |_, _, _, _, _| true) {
                 Ok(_) => {}
                 Err(StoreError::Corrupt { .. }) => visit_errors += 1,
                 Err(other) => panic!("not a corruption: {other}"),
@@ -2176,7 +2339,10 @@ pub(crate) mod tests {
         }
         assert!(visit_errors > 1000, "{visit_errors}");
         for len in 0..columnar.len() {
-            assert!(for_each_span(&columnar[..len], &mut |_, _, _, _, _| true).is_err());
+            assert!(
+                for_each_span(&columnar[..len], SpanFields::ALL, &mut |_, _, _, _, _| true)
+                    .is_err()
+            );
         }
         for n in 0..200 {
             let junk: Vec<u8> = (0..n).map(|_| rng.random()).collect();

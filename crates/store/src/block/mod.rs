@@ -713,11 +713,13 @@ impl OpenBlock {
     /// Calls `visit` with every span of page `i` (with its trace's id, start and end, and its
     /// resource), in page order, until it returns `false` (then returns `false`). In a
     /// format-2 block the spans are decoded straight from the columns into buffers reused
-    /// from span to span: nothing is allocated per span once they have grown.
+    /// from span to span (nothing is allocated per span once they have grown), and what
+    /// `fields` leaves out is skipped, not decoded.
     pub fn for_each_page_span(
         &self,
         store: &dyn BlockStore,
         i: usize,
+        fields: crate::SpanFields,
         visit: &mut PageSpanVisit<'_>,
     ) -> Result<bool, StoreError> {
         if self.meta.format == FORMAT_ROWS {
@@ -745,7 +747,7 @@ impl OpenBlock {
             let raw = borrowed.as_deref_mut().unwrap_or(&mut own);
             self.decompress_page(i, &bytes, raw)?;
             let mut id = TraceId::default();
-            columnar::for_each_span(raw, &mut |tid, start, end, span, resource| {
+            columnar::for_each_span(raw, fields, &mut |tid, start, end, span, resource| {
                 id.0 = *tid;
                 visit(&id, start, end, span, resource)
             })
