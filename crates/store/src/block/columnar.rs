@@ -1206,6 +1206,19 @@ pub(crate) struct DecodedTrace {
 }
 
 /// Decodes a columnar page into its traces, without the row encoding in between.
+/// Decodes trace `id` of a columnar page, if the page holds it.
+pub(crate) fn find_trace(
+    columnar: &[u8],
+    id: &[u8; 16],
+) -> Result<Option<DecodedTrace>, StoreError> {
+    let mut found = None;
+    decode_some(columnar, Some(*id), &mut |t| {
+        found = Some(t);
+        Ok(())
+    })?;
+    Ok(found)
+}
+
 pub(crate) fn decode_traces(columnar: &[u8]) -> Result<Vec<DecodedTrace>, StoreError> {
     let mut out = Vec::new();
     decode_each(columnar, &mut |t| {
@@ -1236,6 +1249,11 @@ struct PageDecoder<'a> {
     prev_start: u64,
     starts: Vec<u64>,
     id_buf: Vec<u8>,
+    /// What of each span to decode.
+    fields: SpanFields,
+    /// Only this trace's spans are wanted whole: the others' attributes, events and links
+    /// are read past.
+    want: Option<[u8; 16]>,
 }
 
 /// The trace [`PageDecoder::next_trace`] decoded: its spans are the first `n` of `spans`
@@ -1289,6 +1307,8 @@ impl<'a> PageDecoder<'a> {
             prev_start: 0,
             starts: Vec::new(),
             id_buf: Vec::new(),
+            fields: SpanFields::ALL,
+            want: None,
         })
     }
 
@@ -1310,6 +1330,10 @@ impl<'a> PageDecoder<'a> {
         self.traces_left -= 1;
         let d = &mut self.d;
         t.id = d.r(Stream::TraceId).array::<16>()?;
+        d.fields = match self.want {
+            Some(w) if w != t.id => SpanFields::CORE,
+            _ => self.fields,
+        };
         t.start_ns = self
             .prev_start
             .wrapping_add(d.r(Stream::TraceStart).zigzag()? as u64);
@@ -1373,10 +1397,27 @@ fn decode_each(
     columnar: &[u8],
     sink: &mut dyn FnMut(DecodedTrace) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
+    decode_some(columnar, None, sink)
+}
+
+/// [`decode_each`] of every trace, or of trace `want` alone (the others read past as cheaply
+/// as the format allows, and the page only up to where `want` would be: pages are sorted by
+/// trace id).
+fn decode_some(
+    columnar: &[u8],
+    want: Option<[u8; 16]>,
+    sink: &mut dyn FnMut(DecodedTrace) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut pd = PageDecoder::new(columnar)?;
+    pd.want = want;
     let mut t = TraceBuf::default();
     let mut groups: Groups = Vec::new();
     while pd.next_trace(&mut t)? {
+        match want {
+            Some(w) if t.id < w => continue,
+            Some(w) if t.id > w => break,
+            _ => {}
+        }
         groups.clear();
         for ps in t.spans.iter_mut().take(t.n) {
             let (res, scope) = (ps.res, ps.scope);
@@ -1451,7 +1492,7 @@ pub(crate) fn for_each_span(
     visit: &mut ColumnarSpanVisit<'_>,
 ) -> Result<bool, StoreError> {
     let mut pd = PageDecoder::new(columnar)?;
-    pd.d.fields = fields;
+    pd.fields = fields;
     let mut t = TraceBuf::default();
     while pd.next_trace(&mut t)? {
         for ps in &t.spans[..t.n] {
@@ -2219,6 +2260,47 @@ pub(crate) mod tests {
             attrs > 0 && events > 0 && links > 0,
             "{attrs} {events} {links}"
         );
+    }
+
+    /// A trace found alone is the trace the whole page decodes to; absent ids find nothing.
+    #[test]
+    fn a_trace_found_alone_is_the_decoded_trace() {
+        let mut pages: Vec<Vec<u8>> = (0..30)
+            .map(|seed| {
+                let mut entries = random_entries(seed, 1 + seed as usize % 9);
+                entries.sort_by_key(|e| e.id);
+                entries.dedup_by_key(|e| e.id);
+                encode(&row_page(&entries)).unwrap()
+            })
+            .collect();
+        let mut realistic = realistic_entries(3, 600);
+        realistic.sort_by_key(|e| e.id);
+        pages.push(encode(&row_page(&realistic)).unwrap());
+        let mut found = 0;
+        for (p, columnar) in pages.iter().enumerate() {
+            let all = decode_traces(columnar).unwrap();
+            for t in &all {
+                let alone = find_trace(columnar, &t.id).unwrap().expect("present");
+                assert_eq!(
+                    (alone.id, alone.span_count, alone.start_ns, alone.end_ns),
+                    (t.id, t.span_count, t.start_ns, t.end_ns),
+                    "page {p}"
+                );
+                // Bytes, not structs: NaN doubles are kept bit for bit but are never equal.
+                assert!(
+                    alone.data.encode_to_vec() == t.data.encode_to_vec(),
+                    "page {p}: trace {:02x?} differs",
+                    t.id
+                );
+                found += 1;
+            }
+            for absent in [[0u8; 16], [0xff; 16], [0x80; 16]] {
+                if all.iter().all(|t| t.id != absent) {
+                    assert!(find_trace(columnar, &absent).unwrap().is_none());
+                }
+            }
+        }
+        assert!(found > 100, "{found}");
     }
 
     #[test]

@@ -822,6 +822,12 @@ impl OpenBlock {
         let Some(i) = self.page_of(id) else {
             return Ok(None);
         };
+        if self.meta.format != FORMAT_ROWS {
+            // Only this trace decoded (and re-encoded), not the page.
+            let raw = self.page_bytes(store, i)?;
+            let found = columnar::find_trace(&raw, &id.0).map_err(|e| self.columnar_error(i, e))?;
+            return Ok(found.map(|t| t.data.encode_to_vec()));
+        }
         let page = self.read_page(store, i)?;
         for e in entries(&self.name, &page) {
             let e = e?;
