@@ -641,7 +641,15 @@ impl<'a> Reader<'a> {
         bad(format!("{}: {what}", self.name))
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, StoreError> {
+        // Most values here (indexes, counts, flags) fit one byte.
+        if let Some((&b, rest)) = self.buf.split_first() {
+            if b < 0x80 {
+                self.buf = rest;
+                return Ok(u64::from(b));
+            }
+        }
         prost::encoding::decode_varint(&mut self.buf).map_err(|_| self.err("bad or missing varint"))
     }
 
@@ -736,7 +744,9 @@ fn read_table<M: Message + Default>(
 /// Decodes a columnar page.
 struct Decoder<'a> {
     r: [Reader<'a>; STREAMS],
-    dict: Vec<&'a str>,
+    /// The page's strings: `Err` until first resolved, then `Ok` once checked to be UTF-8 (a
+    /// scan that skips attributes never pays for checking their strings).
+    dict: Vec<Result<&'a str, &'a [u8]>>,
     /// Dictionary strings referenced so far (the next new string's index).
     seen: usize,
     /// Bytes the output may still grow by (the length of the row page it was encoded from,
@@ -775,12 +785,21 @@ impl<'a> Decoder<'a> {
                 STREAM_NAMES[s as usize]
             )));
         };
-        let text = self.dict.get(i).copied().ok_or_else(|| {
+        let slot = self.dict.get_mut(i).ok_or_else(|| {
             bad(format!(
                 "{}: no dictionary string {i}",
                 STREAM_NAMES[s as usize]
             ))
         })?;
+        let text = match *slot {
+            Ok(text) => text,
+            Err(bytes) => {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| bad("dictionary bytes: a string is not UTF-8"))?;
+                *slot = Ok(text);
+                text
+            }
+        };
         self.charge(text.len())?;
         Ok(text)
     }
@@ -1277,11 +1296,7 @@ impl<'a> PageDecoder<'a> {
             let mut lens = streams[Stream::DictLen as usize];
             let mut bytes = streams[Stream::DictBytes as usize];
             for _ in 0..p.dict {
-                let b = bytes.clone_take(&mut lens)?;
-                dict.push(
-                    std::str::from_utf8(b)
-                        .map_err(|_| bad("dictionary bytes: a string is not UTF-8"))?,
-                );
+                dict.push(Err(bytes.clone_take(&mut lens)?));
             }
             lens.end()?;
             bytes.end()?;
