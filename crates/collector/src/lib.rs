@@ -69,27 +69,7 @@ impl ExportOutcome {
             self.rejected_traces = other.rejected_traces.clone();
             return;
         }
-        let mut at: rustc_hash::FxHashMap<sextant_otlp_proto::TraceId, usize> = self
-            .rejected_traces
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.trace_id, i))
-            .collect();
-        for t in &other.rejected_traces {
-            match at.get(&t.trace_id) {
-                Some(&i) => {
-                    let mine = &mut self.rejected_traces[i];
-                    mine.spans += t.spans;
-                    if mine.reason.is_empty() {
-                        mine.reason = t.reason.clone();
-                    }
-                }
-                None => {
-                    at.insert(t.trace_id, self.rejected_traces.len());
-                    self.rejected_traces.push(t.clone());
-                }
-            }
-        }
+        self.combine_traces(other, |mine, theirs| mine + theirs);
     }
 
     /// Combines the outcomes of the *same* spans sent to several consumers (a fan-out to
@@ -102,6 +82,13 @@ impl ExportOutcome {
         if self.message.is_empty() {
             self.message = other.message.clone();
         }
+        self.combine_traces(other, u64::max);
+        self.rejected_spans = self.attributed_spans() + unattributed;
+    }
+
+    /// Adds `other`'s refused traces to this outcome's, a trace in both getting
+    /// `combine(ours, theirs)` spans (and our reason, else theirs).
+    fn combine_traces(&mut self, other: &ExportOutcome, combine: impl Fn(u64, u64) -> u64) {
         let mut at: rustc_hash::FxHashMap<sextant_otlp_proto::TraceId, usize> = self
             .rejected_traces
             .iter()
@@ -112,7 +99,7 @@ impl ExportOutcome {
             match at.get(&t.trace_id) {
                 Some(&i) => {
                     let mine = &mut self.rejected_traces[i];
-                    mine.spans = mine.spans.max(t.spans);
+                    mine.spans = combine(mine.spans, t.spans);
                     if mine.reason.is_empty() {
                         mine.reason = t.reason.clone();
                     }
@@ -123,7 +110,6 @@ impl ExportOutcome {
                 }
             }
         }
-        self.rejected_spans = self.attributed_spans() + unattributed;
     }
 
     /// The refused spans the outcome attributes to traces.
