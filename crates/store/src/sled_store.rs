@@ -58,7 +58,7 @@ pub const MAX_CLOCK_SKEW_NS: u64 = 300 * 1_000_000_000;
 struct Scan {
     stats: ScanStats,
     /// Traces visited whole.
-    seen: HashSet<TraceId>,
+    seen: FxHashSet<TraceId>,
     cache: BatchCache,
     /// [`TraceReader::scan_spans`]: the keys of the traces whose block parts were visited.
     visited: FxHashSet<u64>,
@@ -1213,11 +1213,11 @@ impl TraceReader for SledStore {
 /// scan visited, newest first.
 fn candidates(
     batch: &[ResourceSpans],
-    seen: &HashSet<TraceId>,
+    seen: &FxHashSet<TraceId>,
     prefilter: &SpanFilter<'_>,
 ) -> Vec<(u64, TraceId)> {
     let mut out: Vec<(u64, TraceId)> = Vec::new();
-    let mut in_batch: HashSet<TraceId> = HashSet::new();
+    let mut in_batch: FxHashSet<TraceId> = FxHashSet::default();
     for rs in batch {
         for ss in &rs.scope_spans {
             for span in &ss.spans {
