@@ -27,9 +27,9 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::query::{kind_name, status_name};
 use crate::{
-    Condition, MatchedSpan, Matcher, ScanStats, SearchQuery, SearchResult, SpanFilter, StoreError,
-    StoreStats, TagScope, TagValue, Term, TimeWindow, TraceHit, TraceReader, TraceSummary,
-    TraceVisit, ROOT_NOT_RECEIVED,
+    Condition, LimitStats, MatchedSpan, Matcher, ScanStats, SearchQuery, SearchResult, SpanFilter,
+    StoreError, StoreStats, TagScope, TagValue, Term, TimeWindow, TraceHit, TraceReader,
+    TraceSummary, TraceVisit, ROOT_NOT_RECEIVED,
 };
 
 /// The largest message either side accepts (a whole trace, or a search's answer).
@@ -269,8 +269,15 @@ fn result_from_pb(r: pb::SearchResponse) -> Result<SearchResult, String> {
     })
 }
 
-fn stats_to_pb(s: StoreStats) -> pb::StatsResponse {
+fn stats_to_pb(s: StoreStats, l: LimitStats) -> pb::StatsResponse {
     pb::StatsResponse {
+        limits: Some(pb::LimitStats {
+            discarded_trace_too_large: l.discarded_trace_too_large,
+            discarded_trace_too_many_spans: l.discarded_trace_too_many_spans,
+            truncated_attributes: l.truncated_attributes,
+            tracked_traces: l.tracked_traces,
+            rewritten_parts: l.rewritten_parts,
+        }),
         spans_written: s.spans_written,
         writes: s.writes,
         flushes: s.flushes,
@@ -283,6 +290,25 @@ fn stats_to_pb(s: StoreStats) -> pb::StatsResponse {
         blocks_expired: s.blocks_expired,
         blocks_quarantined: s.blocks_quarantined,
     }
+}
+
+fn limit_stats_from_pb(s: &pb::StatsResponse) -> LimitStats {
+    let l = s.limits.unwrap_or_default();
+    LimitStats {
+        discarded_trace_too_large: l.discarded_trace_too_large,
+        discarded_trace_too_many_spans: l.discarded_trace_too_many_spans,
+        truncated_attributes: l.truncated_attributes,
+        tracked_traces: l.tracked_traces,
+        rewritten_parts: l.rewritten_parts,
+    }
+}
+
+fn add_limit_stats(total: &mut LimitStats, l: &LimitStats) {
+    total.discarded_trace_too_large += l.discarded_trace_too_large;
+    total.discarded_trace_too_many_spans += l.discarded_trace_too_many_spans;
+    total.truncated_attributes += l.truncated_attributes;
+    total.tracked_traces += l.tracked_traces;
+    total.rewritten_parts += l.rewritten_parts;
 }
 
 fn stats_from_pb(s: pb::StatsResponse) -> StoreStats {
@@ -520,8 +546,10 @@ impl StoreReader for StoreReaderService {
         &self,
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let stats = self.blocking("stats", |reader| Ok(reader.stats())).await?;
-        Ok(Response::new(stats_to_pb(stats)))
+        let (stats, limits) = self
+            .blocking("stats", |reader| Ok((reader.stats(), reader.limit_stats())))
+            .await?;
+        Ok(Response::new(stats_to_pb(stats, limits)))
     }
 }
 
@@ -779,6 +807,18 @@ impl TraceReader for RemoteStore {
             }
         }
     }
+
+    /// The node's limit counters; zeros (and a warning) when it cannot be reached.
+    fn limit_stats(&self) -> LimitStats {
+        let mut client = self.client.clone();
+        match self.handle.block_on(client.stats(pb::StatsRequest {})) {
+            Ok(r) => limit_stats_from_pb(&r.into_inner()),
+            Err(s) => {
+                let _ = self.fail("stats", &s);
+                LimitStats::default()
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- several readers
@@ -1013,6 +1053,17 @@ impl TraceReader for MultiReader {
         }
         total
     }
+
+    /// The sum of every reader's limit counters (an unreachable node counts zero).
+    fn limit_stats(&self) -> LimitStats {
+        let mut total = LimitStats::default();
+        if let Ok(all) = self.all("limit_stats", |r| Ok(r.limit_stats())) {
+            for l in &all {
+                add_limit_stats(&mut total, l);
+            }
+        }
+        total
+    }
 }
 
 /// Joins two hits of one trace found on different nodes.
@@ -1166,6 +1217,9 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(remote.stats().spans_written, 4);
+        // The node's limit counters cross the wire (sextant query --store shows them).
+        assert_eq!(remote.limit_stats(), store.limit_stats());
+        assert!(remote.limit_stats().tracked_traces > 0);
         drop(remote);
         rt.shutdown_background();
     }
@@ -1218,6 +1272,9 @@ mod tests {
             .find(|h| h.trace_id == TraceId([1; 16]))
             .unwrap();
         assert_eq!(one.summary.span_count, 3);
+        // Limit counters add up over the nodes.
+        let (a, b) = (remote.limit_stats(), multi.limit_stats());
+        assert!(a.tracked_traces > 0 && b.tracked_traces > a.tracked_traces);
 
         // A node that is down: a retryable error, quickly.
         let dead = {

@@ -240,6 +240,22 @@ pub struct StatsResponse {
     pub blocks_expired: u64,
     #[prost(uint64, tag = "11")]
     pub blocks_quarantined: u64,
+    /// What the node's write limits refused and truncated (its /metrics counters).
+    #[prost(message, optional, tag = "12")]
+    pub limits: ::core::option::Option<LimitStats>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LimitStats {
+    #[prost(uint64, tag = "1")]
+    pub discarded_trace_too_large: u64,
+    #[prost(uint64, tag = "2")]
+    pub discarded_trace_too_many_spans: u64,
+    #[prost(uint64, tag = "3")]
+    pub truncated_attributes: u64,
+    #[prost(uint64, tag = "4")]
+    pub tracked_traces: u64,
+    #[prost(uint64, tag = "5")]
+    pub rewritten_parts: u64,
 }
 /// Where an attribute lives; UNSPECIFIED means any scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
