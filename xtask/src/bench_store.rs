@@ -76,6 +76,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let rare = num(&report, "rare_search_ms");
     let service = num(&report, "service_search_ms");
     let rss = num(&report, "peak_rss_mib");
+    let rss_flush = num(&report, "peak_rss_after_flush_mib");
+    let bytes_blocks = num(&report, "bytes_per_span_blocks");
     let flush = num(&report, "flush_blocks_s");
     let cores = util::nproc();
 
@@ -113,10 +115,22 @@ pub fn run(opts: &Options) -> Result<()> {
         ),
         ("flush_blocks", format!("{flush:.2} s"), String::new(), ""),
         (
+            "peak RSS after flush_blocks",
+            format!("{rss_flush:.1} MiB"),
+            String::new(),
+            "",
+        ),
+        (
             "bytes on disk per span",
             format!("{bytes_disk:.1}"),
             format!("<= {TARGET_BYTES_PER_SPAN:.0}"),
             check(bytes_disk <= TARGET_BYTES_PER_SPAN),
+        ),
+        (
+            "  of which blocks",
+            format!("{bytes_blocks:.1}"),
+            String::new(),
+            "",
         ),
         (
             "OTLP bytes per span",

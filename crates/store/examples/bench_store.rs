@@ -302,6 +302,8 @@ fn run(args: &Args) -> Result<()> {
     let flushing = Instant::now();
     store.flush_blocks()?;
     let flush_s = flushing.elapsed().as_secs_f64();
+    // The high-water mark once the log's backlog has been cut (the cut lags the ingest).
+    let peak_rss_flush = proc_status_kib("VmHWM").unwrap_or(0) as f64 / 1024.0;
     let disk = dir_size(&store_dir);
     let stats = store.stats();
     let block_stats = store.block_stats();
@@ -428,6 +430,10 @@ fn run(args: &Args) -> Result<()> {
         ("ingest / floor", format!("{:.1} %", 100.0 * ratio)),
         ("peak RSS after ingest", format!("{peak_rss:.1} MiB")),
         ("flush_blocks", format!("{flush_s:.2} s")),
+        (
+            "peak RSS after flush_blocks",
+            format!("{peak_rss_flush:.1} MiB"),
+        ),
         ("bytes on disk per span", format!("{bytes_disk:.1}")),
         ("  of which blocks", format!("{bytes_blocks:.1}")),
         (
@@ -501,6 +507,7 @@ fn run(args: &Args) -> Result<()> {
         "service_search_ms": svc_median,
         "service_search_best_ms": svc_best,
     });
+    report["peak_rss_after_flush_mib"] = json!(peak_rss_flush);
     // What the query benchmark (`cargo xtask bench query`) needs to know of the data (a
     // second object: one `json!` of every field exceeds the macro's recursion limit).
     let dataset = json!({
